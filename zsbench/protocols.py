@@ -1,0 +1,1 @@
+"""Protocols: what a run trains on and evaluates on, and the settings that change numbers."""
