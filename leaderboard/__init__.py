@@ -1,0 +1,1 @@
+"""Published leaderboard data shipped with zsbench: reported numbers and committed results."""
