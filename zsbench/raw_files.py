@@ -50,24 +50,29 @@ def require_file(root: Path, relative: str | Path, dataset: str, hint: str = "")
     path = root / relative
     if not path.is_file():
         extra = f" {hint}" if hint else ""
+        found = describe_folder(path.parent if path.parent.exists() else root)
         raise DatasetLayoutError(f"{dataset}: expected the file '{relative}' under {root}.{extra} "
-                                 f"Found: {describe_folder(path.parent if path.parent.exists() else root)}")
+                                 f"Found: {found}")
     return path
 
 
 def pair_by_stem(images: Iterable[Path], masks: Iterable[Path], dataset: str,
                  mask_stem: Callable[[str], str] = lambda stem: stem,
+                 mask_key: Callable[[str], str] | None = None,
                  ) -> tuple[dict[Path, Path], list[Path], list[Path]]:
     """Pair each image with the mask whose stem is ``mask_stem(image stem)``.
 
+    ``mask_key`` (optional) maps a mask's stem to the key it is looked up by, e.g.
+    ``lambda s: s.removesuffix("_mask")`` to accept both ``000.png`` and ``000_mask.png``.
     Returns ``(pairs, images_without_mask, masks_without_image)``. Never pairs by sorted index.
-    Two masks with the same stem (e.g. ``a.png`` and ``a.bmp``) are an error."""
+    Two masks with the same key (e.g. ``a.png`` and ``a.bmp``) are an error."""
     by_stem: dict[str, Path] = {}
     for m in masks:
-        if m.stem in by_stem:
+        key = m.stem if mask_key is None else mask_key(m.stem)
+        if key in by_stem:
             raise DatasetLayoutError(f"{dataset}: two masks for the same image: "
-                                     f"{by_stem[m.stem]} and {m}")
-        by_stem[m.stem] = m
+                                     f"{by_stem[key]} and {m}")
+        by_stem[key] = m
     pairs: dict[Path, Path] = {}
     unpaired: list[Path] = []
     for img in images:

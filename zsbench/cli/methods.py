@@ -23,8 +23,9 @@ def _info_dict(name: str) -> dict:
 
 
 @app.command("list")
-def list_methods(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
-                 ) -> None:
+def list_methods(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """List built-in and plugged-in methods with their metadata."""
     infos = [_info_dict(n) for n in METHODS.names()]
     if as_json:

@@ -1,0 +1,68 @@
+"""Where a result came from: versions, git commit, hardware, file hashes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import zsbench
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the zsbench source tree, when it is a git checkout."""
+    root = Path(zsbench.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
+
+
+def hardware(device: str | None = None) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": str(device or "cpu"), "cpu": platform.processor() or
+                            platform.machine(), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def software() -> dict[str, str]:
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for module in ("open_clip", "datasets", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            continue
+    return versions
+
+
+def provenance(device: str | None = None) -> dict[str, Any]:
+    return {
+        "zsbench_version": zsbench.__version__,
+        "git_commit": git_commit(),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware(device),
+        "software": software(),
+    }
