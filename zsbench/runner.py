@@ -188,3 +188,40 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
             outcomes.append(TargetOutcome(target, paths[target], "written", evaluation.mean))
         del method
     return outcomes
+
+
+def train_only(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = None, *,
+               data_dir: Path = Path("data"), checkpoint_dir: Path = Path("checkpoints"),
+               device: str | None = None, resume: bool = False,
+               train_overrides: dict[str, Any] | None = None,
+               progress: ProgressCallback | None = None) -> dict[tuple[str, ...], Path | None]:
+    """Train ``method_name`` once per distinct auxiliary set of the protocol; no evaluation.
+
+    Returns the final checkpoint of each training set."""
+    cls = METHODS.get(method_name)
+    if not cls.info.trainable:
+        raise ValueError(f"method {cls.info.name!r} is training-free: nothing to train "
+                         f"(use zsbench run)")
+    protocol = resolve_protocol(protocol_id)
+    options = RunOptions(data_dir=data_dir, output_dir=checkpoint_dir,
+                         device=device or default_device(), checkpoint_dir=checkpoint_dir,
+                         resume=resume, train_overrides=dict(train_overrides or {}))
+    config = make_config(cls, overrides)
+    out: dict[tuple[str, ...], Path | None] = {}
+    for train_sets in dict.fromkeys(t for t, _ in protocol.runs()):
+        if not train_sets:
+            raise ValueError(f"protocol {protocol.id!r} trains on nothing")
+        _seed_everything(protocol.seed)
+        method = build_method(cls.info.name, config, device=options.device)
+        out[train_sets], _ = _train(method, train_sets, protocol, options, progress)
+    return out
+
+
+def checkpoint_method(path: Path) -> tuple[str, dict[str, Any]]:
+    """The method name and config recorded in a zsbench checkpoint."""
+    from zsbench.train import read_checkpoint_metadata
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = read_checkpoint_metadata(path)
+    return meta["method"], dict(meta["config"])

@@ -1,0 +1,418 @@
+"""Tests of zsbench.backbone on the tiny config with seeded random weights."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zsbench.backbone.loading as loading
+from zsbench.backbone import (
+    Backbone,
+    WeightsUnavailableError,
+    load_backbone,
+    read_state_dict,
+    resolve_weights,
+)
+
+TINY = "zsbench-tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Backbone:
+    torch.manual_seed(0)
+    return load_backbone(TINY)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=1e-5)
+
+
+def block_outputs(backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
+    """Residual-stream outputs of every vision block of open_clip's own forward (hooks)."""
+    outputs: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+               for block in backbone.model.visual.transformer.resblocks]
+    try:
+        backbone.model.encode_image(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+# -- attributes and unmodified paths ------------------------------------------------------------
+
+def test_tiny_attributes(tiny: Backbone) -> None:
+    assert TINY in open_clip.list_models()
+    assert (tiny.image_size, tiny.patch_size, tiny.grid_size) == (112, 14, (8, 8))
+    assert (tiny.vision_width, tiny.vision_layers) == (32, 24)
+    assert (tiny.text_width, tiny.text_layers, tiny.embed_dim) == (32, 12, 32)
+    assert tiny.context_length == 77
+    assert tiny.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    assert tiny.std == pytest.approx(open_clip.OPENAI_DATASET_STD)
+    assert (tiny.name, tiny.pretrained, tiny.weights_sha256) == (TINY, None, None)
+    assert not any(p.requires_grad for p in tiny.parameters())
+    assert not tiny.model.training
+    tiny.train()
+    assert not tiny.model.training
+
+
+def test_global_embedding_equals_open_clip(tiny: Backbone, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        features = tiny.encode_image(images)
+        expected = tiny.model.encode_image(images)
+    assert features.global_embedding.shape == (2, 32)
+    assert features.patch_tokens == {}
+    close(features.global_embedding, expected)
+
+
+def test_global_without_ln_post(tiny: Backbone, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        features = tiny.encode_image(images, global_ln_post=False)
+        final = block_outputs(tiny, images)[-1]
+    close(features.global_embedding, final[:, 0] @ tiny.model.visual.proj)
+
+
+def test_encode_text_equals_open_clip(tiny: Backbone) -> None:
+    ids = tiny.tokenize(["a photo of a damaged bottle.", "object.", "X X X a flawless part"])
+    assert ids.shape == (3, 77) and ids.dtype == torch.int64
+    with torch.no_grad():
+        close(tiny.encode_text(ids), tiny.model.encode_text(ids))
+        close(tiny.encode_text_features(["object."]), tiny.model.encode_text(ids[1:2]))
+    embeddings = tiny.token_embedding(ids)
+    assert embeddings.shape == (3, 77, 32)
+    with torch.no_grad():
+        close(tiny.encode_text(ids, prompt_embeddings=embeddings), tiny.model.encode_text(ids))
+
+
+def test_patch_tokens_per_layer(tiny: Backbone, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        proj = tiny.encode_image(images, layers=(6, 12, 24))
+        residual = tiny.encode_image(images, layers=(1, 24), token_source="residual")
+        outputs = block_outputs(tiny, images)
+    visual = tiny.model.visual
+    assert sorted(proj.patch_tokens) == [6, 12, 24]
+    for layer in (6, 12, 24):
+        expected = visual.ln_post(outputs[layer - 1][:, 1:]) @ visual.proj
+        close(proj.patch_tokens[layer], expected)
+    assert residual.patch_tokens[24].shape == (2, 64, 32)
+    close(residual.patch_tokens[1], outputs[0][:, 1:])
+    close(residual.patch_tokens[24], outputs[23][:, 1:])
+
+
+# -- V-V path ------------------------------------------------------------------------------------
+
+def reference_vv(backbone: Backbone, images: torch.Tensor, vv_from: int
+                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """METHODS.md section 1 written out with the blocks' weights: (final h, V-V stream per layer)."""
+    visual = backbone.model.visual
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], 1)
+    h = visual.ln_pre(x + visual.positional_embedding)
+    s = None
+    streams = {}
+    for index, block in enumerate(visual.transformer.resblocks, start=1):
+        attn = block.attn
+        heads, width = attn.num_heads, h.shape[-1]
+        y = F.layer_norm(h, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+        q, k, v = (y @ attn.in_proj_weight.T + attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(*t.shape[:2], heads, -1).transpose(1, 2) for t in (q, k, v))
+        scale = q.shape[-1] ** -0.5
+
+        def attend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            weights = torch.softmax(a @ b.transpose(-1, -2) * scale, dim=-1)
+            merged = (weights @ c).transpose(1, 2).reshape(h.shape)
+            return merged @ attn.out_proj.weight.T + attn.out_proj.bias  # noqa: B023
+
+        if index >= vv_from:
+            s = (h if index == vv_from else s) + attend(v, v, v)
+            streams[index] = s
+        h = h + attend(q, k, v)
+        z = F.layer_norm(h, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+        hidden = z @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias
+        hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
+        h = h + hidden @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
+    return h, streams
+
+
+def test_vv_path_equals_reference(tiny: Backbone, images: torch.Tensor) -> None:
+    layers = (5, 6, 12, 18, 24)
+    with torch.no_grad():
+        features = tiny.encode_image(images, layers=layers, vv_from=6)
+        raw = tiny.encode_image(images, layers=layers, vv_from=6, token_source="residual")
+        h, streams = reference_vv(tiny, images, vv_from=6)
+        plain = tiny.encode_image(images, layers=(5,))
+        outputs = block_outputs(tiny, images)
+    visual = tiny.model.visual
+    close(features.global_embedding, visual.ln_post(h[:, 0]) @ visual.proj)
+    close(features.global_embedding, tiny.model.encode_image(images))
+    close(features.patch_tokens[5], plain.patch_tokens[5])  # below vv_from: original path
+    close(raw.patch_tokens[5], outputs[4][:, 1:])
+    for layer in (6, 12, 18, 24):
+        close(raw.patch_tokens[layer], streams[layer][:, 1:])
+        close(features.patch_tokens[layer], visual.ln_post(streams[layer][:, 1:]) @ visual.proj)
+    assert not torch.allclose(raw.patch_tokens[24], outputs[23][:, 1:], atol=1e-3)
+
+
+# -- positional embedding and sizes -----------------------------------------------------------
+
+def test_positional_embedding_resize(tiny: Backbone) -> None:
+    native = tiny.model.visual.positional_embedding
+    assert tiny.positional_embedding((8, 8)) is native
+    resized = tiny.positional_embedding((16, 12))
+    grid = native[1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(16, 12), mode="bilinear", align_corners=False)
+    assert resized.shape == (1 + 16 * 12, 32)
+    torch.testing.assert_close(resized[0], native[0], atol=0, rtol=0)
+    torch.testing.assert_close(resized[1:], expected[0].permute(1, 2, 0).reshape(-1, 32),
+                               atol=0, rtol=0)
+    assert tiny.positional_embedding((16, 12)) is resized  # cached
+
+
+def test_other_input_sizes(tiny: Backbone) -> None:
+    images = torch.randn(1, 3, 224, 168)
+    with torch.no_grad():
+        features = tiny.encode_image(images, layers=(24,), vv_from=6)
+    assert features.patch_tokens[24].shape == (1, 16 * 12, 32)
+    assert features.global_embedding.shape == (1, 32)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 14"):
+        tiny.encode_image(torch.randn(1, 3, 115, 112))
+    with pytest.raises(ValueError, match=r"image_size 100 must be a positive multiple .* 14"):
+        load_backbone(TINY, image_size=100)
+    assert load_backbone(TINY, image_size=224).grid_size == (16, 16)
+
+
+def test_bad_arguments(tiny: Backbone, images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"layers \[25\] out of range 1..24"):
+        tiny.encode_image(images, layers=(24, 25))
+    with pytest.raises(ValueError, match="vv_from=0"):
+        tiny.encode_image(images, vv_from=0)
+    with pytest.raises(ValueError, match="token_source 'cls'"):
+        tiny.encode_image(images, token_source="cls")
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        load_backbone(TINY, precision="fp8")
+    with pytest.raises(ValueError, match="Unknown open_clip model 'zsbench-tiyn'.*zsbench-tiny"):
+        load_backbone("zsbench-tiyn")
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+def test_encode_windows(tiny: Backbone, images: torch.Tensor) -> None:
+    everything = torch.arange(64).unsqueeze(0)
+    pairs = torch.tensor([[0, 1, 8, 9], [9, 10, 17, 18], [54, 55, 62, 63]])
+    with torch.no_grad():
+        full = tiny.encode_windows(images, everything)
+        windows = tiny.encode_windows(images, pairs)
+        chunked = tiny.encode_windows(images, pairs, max_tokens_per_chunk=1)
+        single = tiny.encode_windows(images, pairs[1:2])
+        global_embedding = tiny.encode_image(images).global_embedding
+    assert full.shape == (2, 1, 32) and windows.shape == (2, 3, 32)
+    close(full[:, 0], global_embedding)
+    close(chunked, windows)
+    close(single[:, 0], windows[:, 1])
+    assert not torch.allclose(windows[:, 0], windows[:, 2], atol=1e-4)
+    with pytest.raises(ValueError, match="0..63"):
+        tiny.encode_windows(images, torch.tensor([[0, 64]]))
+
+
+# -- text: deep prompts -------------------------------------------------------------------------
+
+def text_block_inputs(backbone: Backbone, ids: torch.Tensor, deep_prompts: list[torch.Tensor]
+                      ) -> list[torch.Tensor]:
+    inputs: list[torch.Tensor] = []
+    handles = [block.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].clone()))
+               for block in backbone.model.transformer.resblocks]
+    try:
+        backbone.encode_text(ids, deep_prompts=deep_prompts)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
+def test_deep_prompts_replace_positions(tiny: Backbone) -> None:
+    # same first 5 tokens: with the causal mask, hidden positions 1..4 agree between prompts
+    ids = tiny.tokenize(["X X X X object.", "X X X X damaged object."])
+    with torch.no_grad():
+        plain_inputs = text_block_inputs(tiny, ids, [])
+        plain = tiny.encode_text(ids)
+        own_values = [plain_inputs[layer][0, 1:5] for layer in range(1, 9)]
+        torch.testing.assert_close(plain_inputs[3][0, 1:5], plain_inputs[3][1, 1:5])
+        close(tiny.encode_text(ids, deep_prompts=own_values), plain, atol=1e-6)
+
+        prompts = [torch.randn(4, 32) for _ in range(8)]
+        inputs = text_block_inputs(tiny, ids, prompts)
+        changed = tiny.encode_text(ids, deep_prompts=prompts)
+    assert not torch.allclose(changed, plain, atol=1e-4)
+    torch.testing.assert_close(inputs[1][:, 0], plain_inputs[1][:, 0])  # SOT untouched
+    torch.testing.assert_close(inputs[1][:, 5:], plain_inputs[1][:, 5:])  # block 1 unchanged
+    for layer in range(1, 9):  # blocks 2..9 (1-indexed) see the prompts at positions 1..4
+        torch.testing.assert_close(inputs[layer][:, 1:5], prompts[layer - 1].expand(2, 4, 32))
+    assert not torch.allclose(inputs[9][:, 1:5], prompts[7].expand(2, 4, 32), atol=1e-4)
+    with pytest.raises(ValueError, match="12 deep prompts but only 11"):
+        tiny.encode_text(ids, deep_prompts=[torch.zeros(4, 32)] * 12)
+    with pytest.raises(ValueError, match=r"deep prompt 0 must have shape \[n, 32\]"):
+        tiny.encode_text(ids, deep_prompts=[torch.zeros(4, 16)])
+
+
+# -- weights files -------------------------------------------------------------------------------
+
+def test_state_dict_file_round_trip(tiny: Backbone, images: torch.Tensor, tmp_path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny.model.state_dict().items()}},
+               path)
+    torch.manual_seed(123)
+    loaded = load_backbone(TINY, pretrained=str(path))
+    assert loaded.pretrained == str(path)
+    assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images, layers=(6,), vv_from=6),
+                                   tiny.encode_image(images, layers=(6,), vv_from=6),
+                                   atol=0, rtol=0)
+        ids = tiny.tokenize(["object."])
+        torch.testing.assert_close(loaded.encode_text(ids), tiny.encode_text(ids), atol=0, rtol=0)
+
+
+def test_openai_torchscript_archive(tiny: Backbone, images: torch.Tensor, tmp_path) -> None:
+    source = open_clip.create_model(TINY)
+    source.load_state_dict(tiny.model.state_dict())
+
+    class Archive(type(source)):  # a cheap traced method; the archive keeps every parameter
+        def probe(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    source.__class__ = Archive
+    for key, value in (("input_resolution", 112), ("context_length", 77), ("vocab_size", 49408)):
+        source.__dict__.pop(key, None)  # plain attributes of open_clip's CLIP; buffers in OpenAI's
+        source.register_buffer(key, torch.tensor(value))
+    path = tmp_path / "ViT-tiny.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.trace_module(source, {"probe": torch.ones(1)}).save(str(path))
+    state = read_state_dict(path)
+    assert "input_resolution" not in state and "visual.proj" in state
+    loaded = load_backbone(TINY, pretrained=path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images).global_embedding,
+                                   tiny.encode_image(images).global_embedding, atol=0, rtol=0)
+
+
+def test_mismatched_or_corrupt_file(tmp_path) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"visual.proj": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pt.*does not fit.*missing"):
+        load_backbone(TINY, pretrained=str(wrong))
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"Cannot read weights file .*corrupt\.bin"):
+        load_backbone(TINY, pretrained=str(corrupt))
+
+
+@pytest.mark.parametrize("value", ["/no/such/dir/weights.pt", "weights.safetensors",
+                                   "checkpoints/clip"])
+def test_missing_file_names_the_path(value: str) -> None:
+    with pytest.raises(FileNotFoundError, match=value.replace(".", r"\.")):
+        load_backbone(TINY, pretrained=value)
+
+
+def test_unknown_tag_lists_known_tags() -> None:
+    with pytest.raises(ValueError, match=r"Unknown pretrained tag 'nonsense'.*openai.*laion2b"):
+        load_backbone("ViT-B-32", pretrained="nonsense")
+    with pytest.raises(ValueError, match="known tags: none"):
+        load_backbone(TINY, pretrained="openai")
+
+
+# -- tags without network ----------------------------------------------------------------------
+
+@pytest.fixture
+def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "_cached_weights", lambda cfg: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("open_clip download must not be attempted")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", forbidden)
+
+
+def test_unreachable_network_fails_with_help(no_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(address, timeout=None):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(loading.socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone("ViT-L-14-336-quickgelu", pretrained="openai", image_size=518)
+    message = str(info.value)
+    assert "huggingface.co" in message and "vit_large_patch14_clip_336.openai" in message
+    assert "--pretrained /path/to/file" in message and "unreachable" in message
+
+
+def test_hanging_network_probe_times_out(no_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def hang(address, timeout=None):
+        release.wait()
+        raise OSError("released")
+
+    monkeypatch.setattr(loading.socket, "create_connection", hang)
+    monkeypatch.setattr(loading, "NETWORK_PROBE_TIMEOUT_S", 0.05)
+    try:
+        with pytest.raises(WeightsUnavailableError, match="unreachable"):
+            resolve_weights("ViT-B-32", "openai")
+    finally:
+        release.set()
+
+
+def test_hf_offline_fails_without_probe(no_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("no connection attempt when HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(loading.socket, "create_connection", forbidden)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE.*--pretrained"):
+        resolve_weights("ViT-B-32", "openai")
+
+
+def test_cached_tag_needs_no_network(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    repo = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached file needs no network")
+
+    monkeypatch.setattr(loading.socket, "create_connection", forbidden)
+    path, tag_config = resolve_weights("ViT-B-32", "openai")
+    assert path == snapshot / "open_clip_model.safetensors"
+    assert tag_config["mean"] == open_clip.OPENAI_DATASET_MEAN
+
+
+def test_measure_forward_time(tiny: Backbone) -> None:
+    """Not a timing assertion: prints the tiny CPU forward time (pytest -s) and checks shapes."""
+    for size in (112, 224):
+        batch = torch.randn(8, 3, size, size)
+        with torch.no_grad():
+            tiny.encode_image(batch, layers=(6, 12, 18, 24), vv_from=6)
+            start = time.perf_counter()
+            features = tiny.encode_image(batch, layers=(6, 12, 18, 24), vv_from=6)
+            elapsed = time.perf_counter() - start
+        print(f"tiny encode_image batch 8 at {size}px, 4 layers, V-V: {elapsed * 1000:.1f} ms")
+        assert features.patch_tokens[24].shape == (8, (size // 14) ** 2, 32)

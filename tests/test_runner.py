@@ -1,0 +1,153 @@
+"""The runner end to end on a prepared synthetic dataset, with a test-only detector.
+
+The detector scores each pixel by its colour distance from the image's median colour (a fair
+detector of the synthetic defects), so the pipeline's numbers are checkable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsbench.method import AnomalyMethod, MethodInfo, Prediction
+from zsbench.registry import METHODS
+from zsbench.results import read_result
+from zsbench.runner import RunOptions, run
+from zsbench.synthetic import write_synthetic_dataset
+
+TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": 56}
+
+
+class ColourDeviation(AnomalyMethod):
+    info = MethodInfo(name="test_colour_deviation", title="Colour deviation (test)",
+                      paper="test", trainable=False)
+
+    def predict(self, images, class_names):
+        median = images.flatten(2).median(dim=2).values[:, :, None, None]
+        maps = (images - median).norm(dim=1)
+        return Prediction(maps.flatten(1).amax(1), maps)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from zsbench.prepare import prepare
+
+    root = tmp_path_factory.mktemp("runner")
+    raw = root / "raw"
+    write_synthetic_dataset(raw, "synthetic_b", size=64, n_train=1, n_normal=3, n_anomalous=3)
+    prepare("synthetic_b", raw, root / "data")
+    return root / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    METHODS.register("test_colour_deviation", ColourDeviation)
+    yield
+    METHODS.unregister("test_colour_deviation")
+
+
+def _options(data_dir, out, **kw):
+    return RunOptions(data_dir=data_dir, output_dir=out, device="cpu", resolution=64, **kw)
+
+
+def test_run_writes_a_valid_result_with_sensible_numbers(data_dir, tmp_path):
+    outcomes = run("test_colour_deviation", "none->synthetic_b", TINY, _options(data_dir, tmp_path))
+    assert [(o.target, o.status) for o in outcomes] == [("synthetic_b", "written")]
+    result = read_result(outcomes[0].path)
+    assert result["counts"]["total"] == {"images": 18, "anomalous": 9, "with_mask": 9,
+                                         "regions": result["counts"]["total"]["regions"]}
+    assert result["counts"]["total"]["regions"] >= 9
+    assert sorted(result["metrics"]["per_category"]) == ["checker", "fibre", "tablet"]
+    assert result["metrics"]["categories_used"]["pixel_auroc"] == 3
+    assert result["metrics"]["mean"]["pixel_auroc"] > 0.8
+    assert result["protocol"]["resolution"] == 64 and result["trained_on"] == []
+    assert result["dataset"]["domain"] == "synthetic"
+    assert len(result["dataset"]["fingerprint"]) >= 16
+    assert outcomes[0].path.parts[-2:] == ("none-to-synthetic_b", "synthetic_b.json")
+
+
+def test_skip_existing_does_nothing(data_dir, tmp_path):
+    first = run("test_colour_deviation", "none->synthetic_b", TINY, _options(data_dir, tmp_path))
+    before = first[0].path.stat().st_mtime_ns
+    again = run("test_colour_deviation", "none->synthetic_b", TINY,
+                _options(data_dir, tmp_path, skip_existing=True))
+    assert [o.status for o in again] == ["skipped"]
+    assert again[0].path.stat().st_mtime_ns == before
+
+
+def test_limit_takes_a_stratified_subset_per_category(data_dir, tmp_path):
+    outcomes = run("test_colour_deviation", "none->synthetic_b", TINY,
+                   _options(data_dir, tmp_path, limit=2))
+    result = read_result(outcomes[0].path)
+    for counts in result["counts"]["per_category"].values():
+        assert counts["images"] == 2 and counts["anomalous"] == 1
+    assert result["protocol"]["limit"] == 2
+
+
+def test_an_interrupted_run_leaves_no_partial_json(data_dir, tmp_path, monkeypatch):
+    import zsbench.evaluate as evaluate
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate.metrics, "summarize", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run("test_colour_deviation", "none->synthetic_b", TINY, _options(data_dir, tmp_path))
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_save_maps_writes_overlays_referenced_by_the_result(data_dir, tmp_path):
+    outcomes = run("test_colour_deviation", "none->synthetic_b", TINY,
+                   _options(data_dir, tmp_path, save_maps=1))
+    result = read_result(outcomes[0].path)
+    assert len(result["samples"]) == 3
+    for rel in result["samples"]:
+        png = outcomes[0].path.parent / rel
+        from PIL import Image
+
+        with Image.open(png) as im:
+            assert im.size == (3 * 64 + 8, 64)
+
+
+def test_cli_run_and_results_table(data_dir, tmp_path):
+    from zsbench.cli import app
+
+    runner = CliRunner()
+    args = ["run", "--method", "test_colour_deviation", "--protocol", "none->synthetic_b",
+            "--data-dir", str(data_dir), "--output-dir", str(tmp_path), "--resolution", "64",
+            "--backbone", "zsbench-tiny", "--pretrained", "none", "--image-size", "56",
+            "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "written" in result.output
+    table = runner.invoke(app, ["results", "table", str(tmp_path), "--metric", "pixel_auroc",
+                                "--json"])
+    assert table.exit_code == 0, table.output
+    rows = json.loads(table.output)
+    assert rows[0]["method"] == "test_colour_deviation" and rows[0]["synthetic_b"] > 80
+
+
+def test_cli_reports_unknown_dataset_and_missing_data(data_dir, tmp_path):
+    from zsbench.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["run", "-m", "test_colour_deviation", "-p", "none->synthetic_x",
+                              "--data-dir", str(data_dir)])
+    assert bad.exit_code == 1 and "Unknown dataset 'synthetic_x'" in bad.output
+    missing = runner.invoke(app, ["run", "-m", "test_colour_deviation", "-p", "none->synthetic_a",
+                                  "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
+                                  "--pretrained", "none", "--backbone", "zsbench-tiny",
+                                  "--image-size", "56"])
+    assert missing.exit_code == 1 and "synthetic_a" in missing.output
+
+
+def test_predict_contract_of_the_test_method():
+    from zsbench.backbone import load_backbone
+
+    m = ColourDeviation(AnomalyMethod.config_class(**TINY), load_backbone("zsbench-tiny", None,
+                                                                          image_size=56))
+    scores, maps = m.predict(torch.randn(2, 3, 56, 56), ["object"] * 2)
+    assert scores.shape == (2,) and maps.shape == (2, 56, 56)

@@ -1,0 +1,361 @@
+"""The shared CLIP backbone: open_clip's towers run step by step with the hooks ZSAD methods need.
+
+Unmodified calls reproduce open_clip's ``encode_image`` / ``encode_text``. The options add
+per-layer patch tokens, the V-V attention path (AnomalyCLIP's DPAM, METHODS.md section 1),
+residual-stream tokens (APRIL-GAN), window re-encoding (WinCLIP), learnable prompt embeddings and
+deep text prompts (AnomalyCLIP family), and a bilinear positional-embedding resize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+TOKEN_SOURCES = ("proj", "residual")
+DEFAULT_WINDOW_CHUNK_TOKENS = 1 << 16
+
+
+class ImageFeatures(NamedTuple):
+    """Output of :meth:`Backbone.encode_image`."""
+
+    global_embedding: Tensor  # [B, embed_dim], CLS of the final layer
+    patch_tokens: dict[int, Tensor]  # layer (1-indexed) -> [B, N, embed_dim] or [B, N, width]
+
+
+class Backbone(nn.Module):
+    """A frozen open_clip CLIP with step-by-step vision and text towers.
+
+    Args:
+        model: an open_clip ``CLIP`` (or ``CustomTextCLIP``) with open_clip's VisionTransformer
+            and TextTransformer.
+        name: the open_clip model name (selects the tokenizer).
+        pretrained: what the weights came from (tag, path or None), kept for provenance.
+        image_size: default input side (a multiple of the patch size); the native size if None.
+        precision: "fp32", or "bf16"/"fp16" for autocast on CUDA inside the encode calls.
+        weights_sha256: sha256 of the loaded weights file, kept for provenance.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, pretrained: str | None = None,
+                 image_size: int | None = None, precision: str = "fp32",
+                 weights_sha256: str | None = None):
+        super().__init__()
+        visual = getattr(model, "visual", None)
+        text = getattr(model, "text", model)
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(f"model {name!r}: the backbone needs open_clip's VisionTransformer, "
+                             f"got {type(visual).__name__}")
+        if visual.attn_pool is not None or visual.pool_type != "tok":
+            raise ValueError(f"model {name!r}: only class-token pooling is supported "
+                             f"(pool_type={visual.pool_type!r}, attentional pool "
+                             f"{visual.attn_pool is not None})")
+        if text is not model and (not isinstance(text, TextTransformer)
+                                  or text.cls_emb is not None or text.use_pad_mask):
+            raise ValueError(f"model {name!r}: unsupported text tower {type(text).__name__}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+        self.model = model
+        self.name = name
+        self.pretrained = pretrained
+        self.precision = precision
+        self.weights_sha256 = weights_sha256
+        self._text_pool_type = getattr(text, "pool_type", getattr(model, "text_pool_type",
+                                                                  "argmax"))
+        self._text_eos_id = getattr(text, "eos_id", getattr(model, "text_eos_id", None))
+
+        self.patch_size = int(visual.patch_size[0])
+        self.native_grid_size = tuple(int(g) for g in visual.grid_size)
+        native_size = self.native_grid_size[0] * self.patch_size
+        self.image_size = native_size if image_size is None else int(image_size)
+        if self.image_size <= 0 or self.image_size % self.patch_size:
+            raise ValueError(f"image_size {image_size!r} must be a positive multiple of the patch "
+                             f"size {self.patch_size} of model {name!r}")
+        self.grid_size = (self.image_size // self.patch_size,) * 2
+        self.vision_width = int(visual.conv1.out_channels)
+        self.vision_layers = len(visual.transformer.resblocks)
+        self.text_width = int(text.token_embedding.weight.shape[1])
+        self.text_layers = len(text.transformer.resblocks)
+        self.embed_dim = int(visual.proj.shape[1])
+        self.context_length = int(text.positional_embedding.shape[0])
+        preprocess = open_clip.get_model_preprocess_cfg(model)
+        self.mean = tuple(float(v) for v in preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(float(v) for v in preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+        self._tokenizer = open_clip.get_tokenizer(name)
+        self._positional_cache: dict[tuple[Any, ...], Tensor] = {}
+
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    # -- module state ----------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Backbone:
+        """Keep the wrapped CLIP in eval mode whatever the parent module does (frozen extractor)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def _text(self) -> nn.Module:
+        """The text tower: the CLIP itself, or the ``text`` module of a ``CustomTextCLIP``."""
+        return getattr(self.model, "text", self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.proj.device
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast for the configured precision on CUDA; a no-op on CPU or in fp32."""
+        if self.precision == "fp32" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, pretrained={self.pretrained!r}, "
+                f"image_size={self.image_size}, precision={self.precision!r}")
+
+    # -- shared pieces ---------------------------------------------------------------------------
+    @staticmethod
+    def _run_block(block: nn.Module, x: Tensor, batch_first: bool,
+                   attn_mask: Tensor | None = None) -> Tensor:
+        """One residual block on batch-first ``x``, whatever layout the transformer uses."""
+        if batch_first:
+            return block(x, attn_mask=attn_mask)
+        return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+    def positional_embedding(self, grid_size: tuple[int, int]) -> Tensor:
+        """Vision positional embedding ``[1 + gh * gw, width]`` for a patch grid.
+
+        The grid part is resized with bilinear interpolation (align_corners=False, no antialias,
+        as upstream AnomalyCLIP; open_clip's own resize is bicubic with antialias); the CLS
+        position is kept. Results are cached per grid size."""
+        positional = self.model.visual.positional_embedding
+        grid_size = (int(grid_size[0]), int(grid_size[1]))
+        if grid_size == self.native_grid_size:
+            return positional
+        key = (grid_size, positional.device, positional.dtype, positional._version)
+        cached = self._positional_cache.get(key)
+        if cached is not None:
+            return cached
+        native_h, native_w = self.native_grid_size
+        grid = positional[1:].reshape(1, native_h, native_w, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=grid_size, mode="bilinear", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(grid_size[0] * grid_size[1], -1)
+        resized = torch.cat([positional[:1], grid], dim=0)
+        if not positional.requires_grad:
+            self._positional_cache = {k: v for k, v in self._positional_cache.items()
+                                      if k[1:] == key[1:]}
+            self._positional_cache[key] = resized
+        return resized
+
+    def _embed_image(self, images: Tensor) -> Tensor:
+        """Patch embedding + CLS + positional embedding + ln_pre -> ``[B, 1 + N, width]``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size "
+                             f"{self.patch_size} of model {self.name!r}")
+        visual = self.model.visual
+        x = visual.conv1(images)
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        grid = (height // self.patch_size, width // self.patch_size)
+        x = x + self.positional_embedding(grid).to(x.dtype)
+        return visual.ln_pre(x)
+
+    def _project_tokens(self, tokens: Tensor) -> Tensor:
+        return self.model.visual.ln_post(tokens) @ self.model.visual.proj
+
+    @staticmethod
+    def _vv_attention(block: nn.Module, normed: Tensor) -> Tensor:
+        """V-V self-attention output of ``block`` on its ``ln_1`` output (batch-first).
+
+        ``out_proj(softmax(v v^T / sqrt(d_head)) v)`` per head, with the block's own value
+        in-projection and its layer scale ``ls_1`` (and the custom block's extra norms)."""
+        attn = block.attn
+        batch, length, width = normed.shape
+        heads = attn.num_heads
+        value = F.linear(normed, attn.in_proj_weight[2 * width:],
+                         None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:])
+        value = value.reshape(batch, length, heads, width // heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(value, value, value)
+        if getattr(attn, "head_scale", None) is not None:
+            out = out * attn.head_scale
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        if hasattr(attn, "ln_inner"):
+            out = attn.ln_inner(out)
+        out = attn.out_proj(out)
+        if hasattr(block, "ln_attn"):
+            out = block.ln_attn(out)
+        return block.ls_1(out)
+
+    # -- vision ----------------------------------------------------------------------------------
+    def encode_image(self, images: Tensor, layers: Sequence[int] = (), vv_from: int | None = None,
+                     global_ln_post: bool = True, token_source: str = "proj") -> ImageFeatures:
+        """Global embedding and patch tokens of the requested (1-indexed) layers.
+
+        Args:
+            images: ``[B, 3, H, W]`` normalised images, H and W multiples of the patch size.
+            layers: block outputs whose patch tokens (CLS removed) are returned.
+            vv_from: first block of the V-V path (METHODS.md section 1); patch tokens of layers
+                >= vv_from come from the V-V residual stream, the global embedding never does.
+            global_ln_post: apply ln_post to the CLS before ``proj`` (open_clip); False as
+                upstream AnomalyCLIP (``AnomalyCLIP/AnomalyCLIP_lib/AnomalyCLIP.py``).
+            token_source: "proj" for ``ln_post(tokens) @ proj`` ([B, N, embed_dim]); "residual"
+                for raw residual-stream tokens before ln_post ([B, N, width], APRIL-GAN).
+        """
+        layers = tuple(int(layer) for layer in layers)
+        bad = [layer for layer in layers if not 1 <= layer <= self.vision_layers]
+        if bad:
+            raise ValueError(f"layers {bad} out of range 1..{self.vision_layers} for "
+                             f"model {self.name!r}")
+        if vv_from is not None and not 1 <= vv_from <= self.vision_layers:
+            raise ValueError(f"vv_from={vv_from} out of range 1..{self.vision_layers}")
+        if token_source not in TOKEN_SOURCES:
+            raise ValueError(f"token_source {token_source!r} is not one of "
+                             f"{', '.join(TOKEN_SOURCES)}")
+        visual = self.model.visual
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        wanted = set(layers)
+        with self.autocast():
+            hidden = self._embed_image(images)
+            vv_stream: Tensor | None = None
+            patch_tokens: dict[int, Tensor] = {}
+            for index, block in enumerate(visual.transformer.resblocks, start=1):
+                if vv_from is not None and index >= vv_from:
+                    vv_out = self._vv_attention(block, block.ln_1(hidden))
+                    vv_stream = (hidden if index == vv_from else vv_stream) + vv_out
+                hidden = self._run_block(block, hidden, batch_first)
+                if index in wanted:
+                    use_vv = vv_from is not None and index >= vv_from
+                    tokens = (vv_stream if use_vv else hidden)[:, 1:]
+                    if token_source == "proj":
+                        tokens = self._project_tokens(tokens)
+                    patch_tokens[index] = tokens.float()
+            cls = hidden[:, 0]
+            if global_ln_post:
+                cls = visual.ln_post(cls)
+            global_embedding = (cls @ visual.proj).float()
+        return ImageFeatures(global_embedding, patch_tokens)
+
+    def encode_windows(self, images: Tensor, windows: Tensor,
+                       max_tokens_per_chunk: int = DEFAULT_WINDOW_CHUNK_TOKENS) -> Tensor:
+        """WinCLIP window embeddings ``[B, W, embed_dim]``.
+
+        Each window (a row of ``windows`` [W, m], patch indices row-major in the grid) runs the
+        vision transformer on CLS + only its m patch tokens with their positional embeddings;
+        the result is ``ln_post(CLS) @ proj``. Windows are batched in chunks of at most
+        ``max_tokens_per_chunk`` tokens."""
+        windows = torch.as_tensor(windows)
+        if windows.ndim != 2 or windows.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"windows must be an integer tensor [W, m], got "
+                             f"{windows.dtype} {tuple(windows.shape)}")
+        visual = self.model.visual
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        with self.autocast():
+            embedded = self._embed_image(images)
+            batch, n_tokens, width = embedded.shape
+            if windows.numel() and (windows.min() < 0 or windows.max() >= n_tokens - 1):
+                raise ValueError(f"window patch indices must lie in 0..{n_tokens - 2}")
+            windows = windows.to(embedded.device, torch.int64)
+            n_windows, window_len = windows.shape
+            cls, patches = embedded[:, :1], embedded[:, 1:]
+            chunk = max(1, max_tokens_per_chunk // (batch * (window_len + 1)))
+            outputs = []
+            for start in range(0, n_windows, chunk):
+                index = windows[start:start + chunk]
+                count = index.shape[0]
+                sequence = torch.cat([cls.unsqueeze(1).expand(batch, count, 1, width),
+                                      patches[:, index]], dim=2)
+                sequence = sequence.reshape(batch * count, window_len + 1, width)
+                for block in visual.transformer.resblocks:
+                    sequence = self._run_block(block, sequence, batch_first)
+                embedding = visual.ln_post(sequence[:, 0]) @ visual.proj
+                outputs.append(embedding.reshape(batch, count, -1).float())
+        if not outputs:
+            return embedded.new_zeros(batch, 0, self.embed_dim, dtype=torch.float32)
+        return torch.cat(outputs, dim=1)
+
+    # -- text ------------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """Token ids ``[P, context_length]`` (the model's open_clip tokenizer) on the device."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._tokenizer(list(texts), context_length=self.context_length).to(self.device)
+
+    def token_embedding(self, ids: Tensor) -> Tensor:
+        """Token embeddings ``[P, L, text_width]`` of token ids ``[P, L]``."""
+        return self._text.token_embedding(ids)
+
+    def encode_text(self, ids: Tensor, prompt_embeddings: Tensor | None = None,
+                    deep_prompts: Sequence[Tensor] | None = None) -> Tensor:
+        """Text embeddings ``[P, embed_dim]`` (unnormalised).
+
+        Args:
+            ids: token ids ``[P, L]``; the pooled position is the EOT token (argmax of ids).
+            prompt_embeddings: ``[P, L, text_width]`` input embeddings replacing
+                ``token_embedding(ids)`` (learnable context vectors).
+            deep_prompts: tensors ``[n_i, text_width]``; ``deep_prompts[i]`` replaces the hidden
+                states at positions 1..n_i before text block i + 2 (1-indexed), for all prompts.
+        """
+        if ids.ndim != 2:
+            raise ValueError(f"ids must have shape [P, L], got {tuple(ids.shape)}")
+        n_prompts, length = ids.shape
+        if length > self.context_length:
+            raise ValueError(f"ids have {length} positions, more than the context length "
+                             f"{self.context_length}")
+        deep_prompts = list(deep_prompts or [])
+        if len(deep_prompts) > self.text_layers - 1:
+            raise ValueError(f"{len(deep_prompts)} deep prompts but only {self.text_layers - 1} "
+                             f"text blocks after the first")
+        for depth, prompt in enumerate(deep_prompts):
+            if prompt.ndim != 2 or prompt.shape[1] != self.text_width or \
+                    not 1 <= prompt.shape[0] <= length - 2:
+                raise ValueError(f"deep prompt {depth} must have shape [n, {self.text_width}] "
+                                 f"with 1 <= n <= {length - 2}, got {tuple(prompt.shape)}")
+        text = self._text
+        batch_first = getattr(text.transformer, "batch_first", True)
+        with self.autocast():
+            if prompt_embeddings is None:
+                x = text.token_embedding(ids)
+            else:
+                if prompt_embeddings.shape != (n_prompts, length, self.text_width):
+                    raise ValueError(f"prompt_embeddings must have shape "
+                                     f"{(n_prompts, length, self.text_width)}, got "
+                                     f"{tuple(prompt_embeddings.shape)}")
+                x = prompt_embeddings
+            x = x + text.positional_embedding[:length].to(x.dtype)
+            mask = text.attn_mask
+            if mask is not None:
+                mask = mask[:length, :length]
+            for index, block in enumerate(text.transformer.resblocks):
+                if 1 <= index <= len(deep_prompts):
+                    prompt = deep_prompts[index - 1].to(x.dtype)
+                    x = torch.cat([x[:, :1], prompt.unsqueeze(0).expand(n_prompts, -1, -1),
+                                   x[:, 1 + prompt.shape[0]:]], dim=1)
+                x = self._run_block(block, x, batch_first, attn_mask=mask)
+            x = text.ln_final(x)
+            pooled = text_global_pool(x, ids, self._text_pool_type,
+                                      eos_token_id=self._text_eos_id)
+            projection = text.text_projection
+            if isinstance(projection, nn.Linear):
+                pooled = projection(pooled)
+            elif projection is not None:
+                pooled = pooled @ projection
+        return pooled.float()
+
+    def encode_text_features(self, texts: Sequence[str]) -> Tensor:
+        """Unnormalised text embeddings ``[P, embed_dim]`` of plain strings."""
+        return self.encode_text(self.tokenize(texts))

@@ -1,0 +1,309 @@
+"""Build a :class:`~zsbench.backbone.backbone.Backbone`: model configs, weights resolution, loading.
+
+``pretrained`` is ``None`` (random weights from the caller's torch seed), a local file (an
+open_clip state dict, a ``.safetensors`` file or an OpenAI TorchScript archive) or an open_clip tag
+such as ``"openai"``. A tag uses a cached download when there is one; otherwise the network is
+probed with a short timeout first, so that an offline machine fails in seconds with a message that
+says where the weights come from and how to pass a local copy.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+import socket
+import threading
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+from zsbench.backbone.backbone import PRECISIONS, Backbone
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+NETWORK_PROBE_TIMEOUT_S = 3.0
+OPENAI_CLIP_CACHE = Path("~/.cache/clip").expanduser()  # open_clip's cache for URL downloads
+# Non-parameter entries of OpenAI TorchScript state dicts (dropped as open_clip's openai.py does).
+NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+_configs_registered = False
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights named by a tag cannot be obtained (offline, download failed)."""
+
+
+def register_model_configs() -> None:
+    """Register the JSON model configs shipped in ``model_configs/`` with open_clip (idempotent)."""
+    global _configs_registered
+    if not _configs_registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _configs_registered = True
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _looks_like_path(value: str) -> bool:
+    separators = {"/", os.sep, os.altsep or "/"}
+    return any(sep in value for sep in separators) or value.lower().endswith(WEIGHT_SUFFIXES)
+
+
+def _check_model_name(name: str) -> dict[str, Any]:
+    """The open_clip config of ``name``; a clear ``ValueError`` for unknown or unsupported names."""
+    register_model_configs()
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise ValueError(f"Unknown open_clip model {name!r}.{hint} "
+                         f"See open_clip.list_models() for the {len(known)} known names.")
+    config = open_clip.get_model_config(name)
+    if "timm_model_name" in config["vision_cfg"] or "hf_model_name" in config["text_cfg"]:
+        raise ValueError(f"Model {name!r} has a timm or Hugging Face tower; zsbench's backbone "
+                         "supports open_clip's own VisionTransformer and TextTransformer only.")
+    return config
+
+
+def _download_location(tag_config: Mapping[str, Any]) -> tuple[str, str, int]:
+    """(human-readable source, host, port) open_clip would download a tag's weights from."""
+    hf_repo = tag_config.get("hf_hub", "")
+    if hf_repo and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import constants as hf_constants
+
+        repo_id, filename = os.path.split(hf_repo)
+        endpoint = urlparse(hf_constants.ENDPOINT)
+        source = f"{hf_constants.ENDPOINT}/{repo_id} (file {filename or HF_WEIGHTS_NAME})"
+        return source, endpoint.hostname or "huggingface.co", endpoint.port or 443
+    url = urlparse(tag_config.get("url", ""))
+    return tag_config.get("url", ""), url.hostname or "", url.port or 443
+
+
+def _cached_weights(tag_config: Mapping[str, Any]) -> Path | None:
+    """A previously downloaded weights file for a tag, found without any network access."""
+    if tag_config.get("file"):
+        return Path(tag_config["file"])
+    hf_repo = tag_config.get("hf_hub", "")
+    if hf_repo and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_repo)
+        filename = filename or HF_WEIGHTS_NAME
+        candidates = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        for candidate in candidates:
+            cached = try_to_load_from_cache(repo_id, candidate)
+            if isinstance(cached, str) and os.path.isfile(cached):
+                return Path(cached)
+    url = tag_config.get("url", "")
+    if url:
+        cached_file = OPENAI_CLIP_CACHE / os.path.basename(urlparse(url).path)
+        if cached_file.is_file():
+            return cached_file
+    return None
+
+
+def _hf_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants as hf_constants
+    except ImportError:
+        return False
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def network_reachable(host: str, port: int = 443, timeout: float | None = None) -> bool:
+    """Whether a TCP connection to ``host:port`` (or the configured HTTPS proxy) opens in time.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot block longer than ``timeout``
+    (default ``NETWORK_PROBE_TIMEOUT_S``)."""
+    timeout = NETWORK_PROBE_TIMEOUT_S if timeout is None else timeout
+    proxy = urllib.request.getproxies().get("https")
+    if proxy:
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parsed.hostname or host, parsed.port or 80
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+def _unavailable_message(name: str, tag: str, reason: str, source: str) -> str:
+    return (f"Cannot get the {name!r} weights for tag {tag!r}: {reason}. They are downloaded "
+            f"from {source}. Download that file on a machine with network access and pass it "
+            f"as a local file: `--pretrained /path/to/file` (or "
+            f"load_backbone({name!r}, pretrained='/path/to/file')).")
+
+
+def resolve_weights(name: str, pretrained: str | os.PathLike[str] | None) -> tuple[Path | None,
+                                                                                  dict[str, Any]]:
+    """The weights file for ``pretrained`` (None for random weights) and the tag's open_clip config.
+
+    Raises ``FileNotFoundError`` for a path that does not exist, ``ValueError`` for a tag the model
+    does not have (listing its tags) and :class:`WeightsUnavailableError` when a tag's weights are
+    neither cached nor downloadable right now."""
+    if pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower()
+                              in ("", "none")):
+        return None, {}
+    value = os.fspath(pretrained)
+    if os.path.isfile(value):
+        return Path(value), {}
+    if isinstance(pretrained, os.PathLike) or _looks_like_path(value):
+        raise FileNotFoundError(f"Weights file {value!r} does not exist (pretrained={value!r}).")
+    tag_config = open_clip.get_pretrained_cfg(name, value)
+    if not tag_config:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        listing = ", ".join(tags) if tags else "none (use a local file or pretrained=None)"
+        raise ValueError(f"Unknown pretrained tag {value!r} for model {name!r}; "
+                         f"known tags: {listing}.")
+    cached = _cached_weights(tag_config)
+    if cached is not None:
+        logger.info("using cached weights %s for %s/%s", cached, name, value)
+        return cached, tag_config
+    source, host, port = _download_location(tag_config)
+    if _hf_offline() and "huggingface" in source:
+        raise WeightsUnavailableError(_unavailable_message(name, value, "HF_HUB_OFFLINE is set "
+                                                           "and no cached copy exists", source))
+    if not network_reachable(host, port):
+        raise WeightsUnavailableError(_unavailable_message(
+            name, value, f"no cached copy and {host}:{port} is unreachable", source))
+    logger.info("downloading weights for %s/%s from %s", name, value, source)
+    try:
+        downloaded = open_clip.pretrained.download_pretrained(tag_config)
+    except Exception as err:  # any download failure gets the same actionable message
+        raise WeightsUnavailableError(_unavailable_message(name, value, f"download failed ({err})",
+                                                           source)) from err
+    return Path(downloaded), tag_config
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(entry.endswith("constants.pkl") for entry in archive.namelist())
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: open_clip/PyTorch checkpoint, safetensors or TorchScript archive.
+
+    Unwraps ``{"state_dict": ...}``, strips a ``module.`` prefix and drops the non-parameter
+    entries of OpenAI archives."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript_archive(path):
+            loaded = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"Cannot read weights file {str(path)!r}: {err}") from err
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise ValueError(f"Weights file {str(path)!r} holds no state dict "
+                         f"(found {type(loaded).__name__}).")
+    state = {(key[len("module."):] if key.startswith("module.") else key): value
+             for key, value in loaded.items() if torch.is_tensor(value)}
+    for key in NON_PARAMETER_KEYS:
+        state.pop(key, None)
+    return state
+
+
+def load_weights_file(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a weights file strictly into an open_clip model; mismatches name the file."""
+    state = read_state_dict(path)
+    logit_scale = state.get("logit_scale")
+    if logit_scale is not None and logit_scale.ndim != model.logit_scale.ndim:
+        state["logit_scale"] = logit_scale.reshape(model.logit_scale.shape)
+    own = model.state_dict()
+    for key in {name for name, _ in model.named_buffers()} - set(own):
+        state.pop(key, None)  # non-persistent buffers (attn_mask) that traced archives persist
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise ValueError(f"Weights file {str(path)!r} does not fit the model: "
+                         f"missing [{show(missing)}], unexpected [{show(unexpected)}], "
+                         f"wrong shape [{show(wrong_shape)}].")
+    model.load_state_dict(state, strict=True)
+
+
+def _file_normalisation(name: str) -> dict[str, Any]:
+    """mean/std for weights from a file: those of the model's tags when all tags agree."""
+    stats = {(tuple(cfg["mean"]), tuple(cfg["std"]))
+             for tag in open_clip.list_pretrained_tags_by_model(name)
+             if "mean" in (cfg := open_clip.get_pretrained_cfg(name, tag))}
+    if len(stats) == 1:
+        mean, std = stats.pop()
+        return {"mean": mean, "std": std}
+    return {}
+
+
+def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
+                  image_size: int | None = None, device: str | torch.device = "cpu",
+                  precision: str = "fp32") -> Backbone:
+    """Build the open_clip model ``name`` with its weights and wrap it as a frozen ``Backbone``.
+
+    ``image_size`` defaults to the config's native size and must be a multiple of the patch size;
+    ``precision`` "bf16"/"fp16" means autocast on CUDA inside the encode calls (weights stay fp32).
+    """
+    config = _check_model_name(name)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    patch_size = config["vision_cfg"].get("patch_size", 16)
+    native_size = config["vision_cfg"].get("image_size", 224)
+    image_size = native_size if image_size is None else image_size
+    if not isinstance(image_size, int) or image_size <= 0 or image_size % patch_size:
+        raise ValueError(f"image_size {image_size!r} must be a positive multiple of the patch "
+                         f"size {patch_size} of model {name!r}")
+    weights_path, tag_config = resolve_weights(name, pretrained)
+    normalisation = ({k: tag_config[k] for k in ("mean", "std") if k in tag_config}
+                     if tag_config else _file_normalisation(name))
+    model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu",
+                                   force_preprocess_cfg=normalisation or None)
+    weights_sha256 = None
+    if weights_path is not None:
+        load_weights_file(model, weights_path)
+        weights_sha256 = file_sha256(weights_path)
+        logger.info("loaded %s weights from %s (sha256 %s)", name, weights_path,
+                    weights_sha256[:12])
+    backbone = Backbone(model, name=name, pretrained=None if weights_path is None
+                        else os.fspath(pretrained), image_size=image_size, precision=precision,
+                        weights_sha256=weights_sha256)
+    return backbone.to(device)
