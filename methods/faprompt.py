@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from zsbench.anomaly_maps import (
     ANOMALYCLIP_TEMPERATURE,
-    gaussian_smooth,
     l2_normalize,
     text_probabilities,
     tokens_to_grid,
@@ -37,6 +36,7 @@ from zsbench.anomaly_maps import (
 from zsbench.losses import binary_focal_loss, image_cross_entropy, segmentation_loss
 from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, option
 from zsbench.prompt_learner import PLACEHOLDER_WORD, PromptLearner
+from zsbench.prompt_scoring import pixel_anomaly_map
 from zsbench.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -254,9 +254,8 @@ class FAPrompt(AnomalyMethod):
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         out = self.forward_features(images)
         static_map, dap_map = self.probability_maps(out, images.shape[-1])
-        pixel_map = (static_map[:, 1] + dap_map[:, 1]) / 2
         return Prediction(self.fused_image_score(out),
-                          gaussian_smooth(pixel_map, self.config.sigma))
+                          pixel_anomaly_map([static_map, dap_map], [0.5, 0.5], self.config.sigma))
 
     # -- loss ------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -225,7 +226,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             loaded: Any = load_file(str(path), device="cpu")
         elif _is_torchscript_archive(path):
-            loaded = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI archives need it
+                warnings.simplefilter("ignore", FutureWarning)
+                loaded = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -284,9 +284,9 @@
       });
       const s = summary[r.id];
       tr.appendChild(el("td", { class: "num summary group-start", "data-col": "mean",
-        text: T.format(s.mean) }));
+        "data-exact": s.mean, text: T.format(s.mean) }));
       tr.appendChild(el("td", { class: "num summary", "data-col": "rank",
-        text: T.format(s.mean_rank, 2) }));
+        "data-exact": s.mean_rank, text: T.format(s.mean_rank, 2) }));
       tr.appendChild(el("td", { class: "num summary count", "data-col": "count",
         text: s.count + "/" + columns.length }));
       tbody.appendChild(tr);

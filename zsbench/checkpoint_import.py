@@ -1,0 +1,85 @@
+"""Import released upstream checkpoints as zsbench checkpoints.
+
+A method that can read its upstream checkpoints has a classmethod
+``convert_upstream_checkpoint(obj) -> dict[str, Tensor]`` that maps the loaded object to its
+trainable state (keys of :meth:`AnomalyMethod.trainable_state_dict`). The importer checks the
+converted tensors against a freshly built method (names and shapes), loads them and writes a
+checkpoint in the trainer's format (:func:`zsbench.train.save_checkpoint`, epoch 0), recording
+the source file and its sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zsbench.method import AnomalyMethod, MethodConfig, build_method
+from zsbench.provenance import sha256_file
+from zsbench.registry import METHODS
+from zsbench.train import save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def read_upstream_checkpoint(file: str | Path) -> Any:
+    """``torch.load`` an upstream file safely (``weights_only``); clear errors name the file."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"upstream checkpoint not found: {file}")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only errors have many types
+        raise ValueError(f"cannot read upstream checkpoint {file} with torch.load(weights_only="
+                         f"True): {type(err).__name__}: {err}") from err
+
+
+def check_converted_state(method: AnomalyMethod, state: Mapping[str, Any], source: Path) -> None:
+    """Raise a ValueError naming ``source``, the key and both shapes if ``state`` does not fit."""
+    expected = method.trainable_state_dict()
+    name = method.info.name
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: converted {name} checkpoint does not fit: missing "
+                         f"{missing}, unexpected {unexpected}")
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{source}: {key!r} is a {type(tensor).__name__}, not a tensor")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)} but "
+                             f"{name} on backbone {method.backbone.name!r} expects "
+                             f"{tuple(expected[key].shape)} (a checkpoint for another backbone?)")
+
+
+def import_checkpoint(method_name: str, file: str | Path, out: str | Path,
+                      overrides: Mapping[str, Any] | MethodConfig | None = None, *,
+                      device: str | torch.device = "cpu", backbone: nn.Module | None = None
+                      ) -> Path:
+    """Convert upstream checkpoint ``file`` of ``method_name`` into a zsbench checkpoint at
+    ``out`` (method built with ``overrides``, e.g. the backbone); returns ``out``."""
+    cls = METHODS.get(method_name)
+    name = cls.info.name
+    convert = getattr(cls, "convert_upstream_checkpoint", None)
+    if convert is None:
+        importable = [n for n in METHODS.names()
+                      if hasattr(METHODS.get(n), "convert_upstream_checkpoint")]
+        raise ValueError(f"method {name!r} cannot import upstream checkpoints (it has no "
+                         f"convert_upstream_checkpoint); methods that can: "
+                         f"{', '.join(importable) or 'none'}")
+    file = Path(file)
+    obj = read_upstream_checkpoint(file)
+    try:
+        state = convert(obj)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{file} is not a {name} upstream checkpoint: {err}") from err
+    method = build_method(name, overrides, device=device, backbone=backbone)
+    check_converted_state(method, state, file)
+    method.load_trainable_state_dict(state)
+    source = {"imported_from": {"file": file.name, "sha256": sha256_file(file)}}
+    path = save_checkpoint(method, out, epoch=0, extra=source)
+    logger.info("imported %s checkpoint %s -> %s", name, file, path)
+    return path
