@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.layout_search import find_layout
@@ -63,6 +64,7 @@ def parse_labels_txt(path: Path) -> list[DAGMLabel]:
 class DAGMAdapter(DatasetAdapter):
     """DAGM 2007 (Wieler and Hahn), Kaggle layout; categories Class1..Class10."""
 
+    options_accepted: ClassVar[tuple[str, ...]] = ("categories",)
     info = DatasetInfo(
         name="dagm",
         title="DAGM 2007",

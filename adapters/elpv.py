@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.mvtec import parse_bool
@@ -70,6 +71,7 @@ def find_labels_csv(raw_dir: Path) -> Path:
 class ELPVAdapter(DatasetAdapter):
     """ELPV (2,624 cells); options ``threshold`` (default 0) and ``by_type`` (default false)."""
 
+    options_accepted: ClassVar[tuple[str, ...]] = ("threshold", "by_type")
     info = DatasetInfo(
         name="elpv",
         title="ELPV",

@@ -12,6 +12,7 @@ import csv
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.mvtec import name_files
@@ -62,6 +63,7 @@ def locate(raw_dir: Path) -> tuple[Path, Path, Path]:
 class HeadCTAdapter(DatasetAdapter):
     """HeadCT: 100 normal and 100 haemorrhage slices, image-level labels only."""
 
+    options_accepted: ClassVar[tuple[str, ...]] = ()
     info = DatasetInfo(
         name="headct",
         title="HeadCT",

@@ -18,7 +18,8 @@ MPDD_PROMPTS = {
 
 @register_adapter("mpdd")
 class MPDDAdapter(MVTecLayoutAdapter):
-    """MPDD (Jezek et al., ICUMT 2021): MVTec layout, masks ``ground_truth/<defect>/NNN_mask.png``."""
+    """MPDD (Jezek et al., ICUMT 2021): MVTec layout, masks
+    ``ground_truth/<defect>/NNN_mask.png``."""
 
     info = DatasetInfo(
         name="mpdd",

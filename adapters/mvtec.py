@@ -73,6 +73,7 @@ class MVTecLayoutAdapter(DatasetAdapter):
 
     discover_categories: ClassVar[bool] = False
     normal_folder: ClassVar[str] = "good"
+    options_accepted: ClassVar[tuple[str, ...]] = ("categories", "include_train")
 
     def selected_categories(self, root: Path) -> list[str]:
         """The categories to read: ``info.categories`` or the discovered folders, filtered by

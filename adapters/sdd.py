@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -43,6 +44,7 @@ def is_part_folder(folder: Path) -> bool:
 class KolektorSDDAdapter(DatasetAdapter):
     """KolektorSDD (Tabernik et al., 2019): 50 commutators, 399 images, 52 defective."""
 
+    options_accepted: ClassVar[tuple[str, ...]] = ("pieces",)
     info = DatasetInfo(
         name="sdd",
         title="KolektorSDD",

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.layout_search import find_layout
@@ -99,6 +100,7 @@ def read_defect_descriptions(anno: Path) -> dict[str, str]:
 class VisAAdapter(DatasetAdapter):
     """VisA (Zou et al., ECCV 2022), split from ``split_csv/1cls.csv`` (option ``split_file``)."""
 
+    options_accepted: ClassVar[tuple[str, ...]] = ("split_file", "categories")
     info = DatasetInfo(
         name="visa",
         title="VisA",

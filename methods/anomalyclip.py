@@ -183,7 +183,8 @@ class AnomalyCLIP(AnomalyMethod):
             [ctx_pos.reshape(-1, ctx_pos.shape[-1]), ctx_neg.reshape(-1, ctx_neg.shape[-1])])}
         indices = sorted(int(k.rsplit(".", 1)[1]) for k in deep)
         if indices != list(range(len(indices))):
-            raise ValueError(f"compound_prompts_text indices {indices} are not 0..{len(indices) - 1}")
+            raise ValueError(f"compound_prompts_text indices {indices} are not "
+                             f"0..{len(indices) - 1}")
         for index in indices:
             converted[f"prompt_learner.deep_prompts.{index}"] = torch.as_tensor(
                 deep[f"compound_prompts_text.{index}"]).float()

@@ -32,7 +32,7 @@ from zsbench.anomaly_maps import (
     text_probabilities,
 )
 from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, option
-from zsbench.prompt_ensembles import ClassTextCache
+from zsbench.prompt_ensembles import ClassTextCache, encode_prompts
 from zsbench.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -111,4 +111,4 @@ class ClipBaseline(PatchTextScorer):
 
     def encode_class_text(self, class_name: str) -> Tensor:
         prompts = [NORMAL_PROMPT.format(class_name), ANOMALOUS_PROMPT.format(class_name)]
-        return l2_normalize(self.backbone.encode_text_features(prompts))
+        return l2_normalize(encode_prompts(self.backbone, prompts))

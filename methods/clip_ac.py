@@ -1,4 +1,4 @@
-"""CLIP-AC: CLIP with the ImageNet template ensemble, as the WinCLIP paper's baseline (METHODS.md §4).
+"""CLIP-AC: CLIP with the ImageNet template ensemble, a WinCLIP-paper baseline (METHODS.md §4).
 
 Jeong et al., "WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation", CVPR 2023,
 define CLIP-AC as CLIP with the two classes "normal [o]" and "anomalous [o]" put into CLIP's

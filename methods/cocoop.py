@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 class CoCoOpConfig(CoOpConfig):
     meta_net_reduction: int = option(
         16, "hidden width of the meta-net = embed_dim // reduction (CoCoOp uses 16)")
+    meta_net_zero_init: bool = option(
+        True, "zero-initialise the meta-net's last layer so training starts from CoOp; CoCoOp "
+              "upstream uses PyTorch's default init, whose bias alone can dwarf the 0.02-scale "
+              "context vectors on narrow backbones")
 
 
 # -- method ----------------------------------------------------------------------------------------
@@ -53,6 +57,9 @@ class CoCoOp(CoOp):
         hidden = max(1, backbone.embed_dim // config.meta_net_reduction)
         self.meta_net = nn.Sequential(nn.Linear(backbone.embed_dim, hidden), nn.ReLU(),
                                       nn.Linear(hidden, backbone.text_width)).to(backbone.device)
+        if config.meta_net_zero_init:
+            nn.init.zeros_(self.meta_net[-1].weight)
+            nn.init.zeros_(self.meta_net[-1].bias)
 
     @classmethod
     def describe_prompts(cls, config: CoCoOpConfig) -> dict[str, Any]:

@@ -150,7 +150,7 @@ class FAPrompt(AnomalyMethod):
               "Detection, ICCV 2025",
         trainable=True,
         code="https://github.com/mala-lab/FAPrompt",
-        license="see upstream repository",
+        license="MIT",
         class_aware=False,
     )
 
@@ -245,15 +245,17 @@ class FAPrompt(AnomalyMethod):
         max_dap = out.dap_probs[..., 1].amax(dim=1)
         return 0.5 * out.global_probs[:, 1] + 0.5 * (2 * max_static + max_dap) / 3
 
-    def probability_maps(self, out: FAPromptForward, size: int) -> tuple[Tensor, Tensor]:
+    def probability_maps(self, out: FAPromptForward, images: Tensor, size: int
+                         ) -> tuple[Tensor, Tensor]:
         """Static and DAP maps ``[B, 2, size, size]`` (normal, abnormal)."""
-        grid = self.backbone.grid_size
+        grid = (images.shape[-2] // self.backbone.patch_size,
+                images.shape[-1] // self.backbone.patch_size)
         return (upsample(tokens_to_grid(out.static_probs, grid), size),
                 upsample(tokens_to_grid(out.dap_probs, grid), size))
 
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         out = self.forward_features(images)
-        static_map, dap_map = self.probability_maps(out, images.shape[-1])
+        static_map, dap_map = self.probability_maps(out, images, images.shape[-1])
         return Prediction(self.fused_image_score(out),
                           pixel_anomaly_map([static_map, dap_map], [0.5, 0.5], self.config.sigma))
 
@@ -262,7 +264,7 @@ class FAPrompt(AnomalyMethod):
         config = self.config
         images, mask, labels = batch["image"], batch["mask"].float(), batch["label"].long()
         out = self.forward_features(images)
-        static_map, dap_map = self.probability_maps(out, mask.shape[-1])
+        static_map, dap_map = self.probability_maps(out, images, mask.shape[-1])
         parts = {
             "seg_static": segmentation_loss(static_map, mask),
             "seg_dap": config.dap_segmentation_weight * segmentation_loss(dap_map, mask),

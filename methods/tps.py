@@ -1,6 +1,7 @@
 """TPS: text prompt shunt for zero-shot anomaly detection (METHODS.md §3).
 
-Ma et al., "Text Prompt Shunt" (TPS), AAAI 2025; reference code ``majitao-xd/TPS``
+Ma et al., "TPS: Aligning and Prompting Anything for Zero-Shot Generalized Anomaly Detection",
+AAAI 2025; reference code ``majitao-xd/TPS``
 (``train.py``, ``test.py``, ``prompt_ensemble.py``, ``AnomalyCLIP_lib/pathway.py``).
 
 - **Vision**: plain CLIP (no V-V path); patch tokens ``ln_post(x) @ proj`` of layers 6, 12, 18,
@@ -150,7 +151,8 @@ class TPS(AnomalyMethod):
     info = MethodInfo(
         name="tps",
         title="TPS (text prompt shunt)",
-        paper="Ma et al., Text Prompt Shunt for Zero-Shot Anomaly Detection, AAAI 2025",
+        paper="Ma et al., TPS: Aligning and Prompting Anything for Zero-Shot Generalized Anomaly "
+              "Detection, AAAI 2025",
         trainable=True,
         code="https://github.com/majitao-xd/TPS",
         license="MIT",
@@ -207,8 +209,13 @@ class TPS(AnomalyMethod):
                                                   global_ln_post=self.config.global_ln_post)
         return features.global_embedding, features.patch_tokens
 
+    def patch_grid(self, images: Tensor) -> tuple[int, int]:
+        return (images.shape[-2] // self.backbone.patch_size,
+                images.shape[-1] // self.backbone.patch_size)
+
     def layer_probability_maps(self, patch_tokens: dict[int, Tensor], global_text: Tensor,
-                               shunt_text: Tensor, size: int, use_pathway: bool) -> list[Tensor]:
+                               shunt_text: Tensor, grid: tuple[int, int], size: int,
+                               use_pathway: bool) -> list[Tensor]:
         """Per layer ``[B, 2, size, size]`` maps of the patches against the pathway output
         (``use_pathway``) or against the raw shunt embeddings."""
         maps = []
@@ -221,7 +228,7 @@ class TPS(AnomalyMethod):
             else:
                 text = shunt_text
             probs = text_probabilities(patches, text, self.config.temperature)
-            maps.append(upsample(tokens_to_grid(probs, self.backbone.grid_size), size))
+            maps.append(upsample(tokens_to_grid(probs, grid), size))
         return maps
 
     # -- scores ----------------------------------------------------------------------------------
@@ -231,7 +238,7 @@ class TPS(AnomalyMethod):
         image_scores = text_probabilities(global_embedding, global_text,
                                           self.config.temperature)[:, 1]
         maps = self.layer_probability_maps(patch_tokens, global_text, shunt_text,
-                                           images.shape[-1],
+                                           self.patch_grid(images), images.shape[-1],
                                            use_pathway=not self.config.drop_pathway_at_test)
         return Prediction(image_scores,
                           pixel_anomaly_map(maps, [1.0] * len(maps), self.config.sigma))
@@ -244,7 +251,8 @@ class TPS(AnomalyMethod):
         global_probs = text_probabilities(global_embedding, global_text, self.config.temperature)
         parts = {"image_ce": image_cross_entropy(global_probs, labels, are_logits=False)}
         maps = self.layer_probability_maps(patch_tokens, global_text, shunt_text,
-                                           mask.shape[-1], use_pathway=True)
+                                           self.patch_grid(images), mask.shape[-1],
+                                           use_pathway=True)
         for layer, prob_map in zip(self.layers, maps, strict=True):
             parts[f"seg_layer{layer}"] = segmentation_loss(prob_map, mask)
         total = torch.stack(list(parts.values())).sum()

@@ -218,6 +218,10 @@ class WinClip(AnomalyMethod):
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         if len(class_names) != images.shape[0]:
             raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+        if tuple(images.shape[-2:]) != (self.backbone.image_size,) * 2:
+            raise ValueError(f"WinCLIP's windows were built for image_size="
+                             f"{self.backbone.image_size}; got images of "
+                             f"{tuple(images.shape[-2:])}")
         global_embedding = self.backbone.encode_image(images).global_embedding
         text = self.text_cache(class_names).to(global_embedding.device)
         image_probs = text_probabilities(global_embedding, text, self.lineage.temperature)

@@ -113,9 +113,17 @@ def test_patch_tokens_per_layer(tiny: Backbone, images: torch.Tensor) -> None:
 
 # -- V-V path ------------------------------------------------------------------------------------
 
+def attention(attn: torch.nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor) -> torch.Tensor:
+    """out_proj(softmax(q k^T / sqrt(d_head)) v) on per-head tensors [B, heads, N, d_head]."""
+    weights = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+    merged = (weights @ v).transpose(1, 2).flatten(2)
+    return merged @ attn.out_proj.weight.T + attn.out_proj.bias
+
+
 def reference_vv(backbone: Backbone, images: torch.Tensor, vv_from: int
                  ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """METHODS.md section 1 written out with the blocks' weights: (final h, V-V stream per layer)."""
+    """METHODS.md section 1 with the blocks' weights: (final h, V-V stream per layer)."""
     visual = backbone.model.visual
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], 1)
@@ -128,17 +136,10 @@ def reference_vv(backbone: Backbone, images: torch.Tensor, vv_from: int
         y = F.layer_norm(h, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
         q, k, v = (y @ attn.in_proj_weight.T + attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.reshape(*t.shape[:2], heads, -1).transpose(1, 2) for t in (q, k, v))
-        scale = q.shape[-1] ** -0.5
-
-        def attend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            weights = torch.softmax(a @ b.transpose(-1, -2) * scale, dim=-1)
-            merged = (weights @ c).transpose(1, 2).reshape(h.shape)
-            return merged @ attn.out_proj.weight.T + attn.out_proj.bias  # noqa: B023
-
         if index >= vv_from:
-            s = (h if index == vv_from else s) + attend(v, v, v)
+            s = (h if index == vv_from else s) + attention(attn, v, v, v)
             streams[index] = s
-        h = h + attend(q, k, v)
+        h = h + attention(attn, q, k, v)
         z = F.layer_norm(h, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
         hidden = z @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias
         hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU

@@ -17,7 +17,7 @@ from zsbench import metrics
 from zsbench.results import METRIC_NAMES
 
 FAST = settings(max_examples=60, deadline=None)
-SLOW = settings(max_examples=25, deadline=None)
+SLOW = settings(max_examples=30, deadline=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +105,21 @@ def pixel_cases(draw: st.DrawFn, max_side: int = 6) -> tuple[np.ndarray, np.ndar
         maps = draw(arrays(np.int64, shape, elements=st.integers(0, levels))) / levels
         return masks, maps.astype(np.float32)
     floats = st.floats(-3, 3, width=32, allow_nan=False, allow_subnormal=False)
-    return masks, draw(arrays(np.float32, shape, elements=floats))
+    return masks, draw(arrays(np.float32, shape, elements=floats, fill=st.nothing()))
+
+
+@st.composite
+def rectangle_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Up to 3 images of at most 8x8 with a few rectangular defects; maps favour the defects."""
+    shape = (draw(st.integers(1, 3)), draw(st.integers(4, 8)), draw(st.integers(4, 8)))
+    masks = np.zeros(shape, dtype=bool)
+    for index in range(shape[0]):
+        for _ in range(draw(st.integers(0, 2))):
+            top, left = draw(st.integers(0, shape[1] - 1)), draw(st.integers(0, shape[2] - 1))
+            masks[index, top:top + draw(st.integers(1, 3)), left:left + draw(st.integers(1, 3))] = 1
+    unit = st.floats(0, 1, width=32)
+    noise = draw(arrays(np.float32, shape, elements=unit, fill=st.nothing()))
+    return masks, (noise + masks * np.float32(draw(unit))).astype(np.float32)
 
 
 def blob_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +155,7 @@ def test_image_metrics_match_sklearn(case: tuple[np.ndarray, np.ndarray]) -> Non
 
 
 @FAST
-@given(pixel_cases())
+@given(st.one_of(pixel_cases(), rectangle_cases()))
 def test_pixel_metrics_match_sklearn_and_aupro_matches_mvtec_reference(
         case: tuple[np.ndarray, np.ndarray]) -> None:
     masks, maps = case
@@ -164,11 +178,11 @@ def test_pixel_metrics_match_sklearn_and_aupro_matches_mvtec_reference(
 
 
 @SLOW
-@given(pixel_cases(max_side=5))
-def test_aupro_legacy_equals_plain_loop(case: tuple[np.ndarray, np.ndarray]) -> None:
+@given(st.one_of(pixel_cases(max_side=5), rectangle_cases()), st.sampled_from([200, 4, 5, 10]))
+def test_aupro_legacy_equals_plain_loop(case: tuple[np.ndarray, np.ndarray], steps: int) -> None:
     masks, maps = case
-    expected = reference_legacy_loop(masks, maps)
-    got = metrics.aupro_legacy(masks, maps)
+    expected = reference_legacy_loop(masks, maps, steps=steps)
+    got = metrics.aupro_legacy(masks, maps, steps=steps)
     if expected is None:
         assert got is None
     else:
@@ -179,6 +193,20 @@ def test_aupro_legacy_equals_plain_loop(case: tuple[np.ndarray, np.ndarray]) -> 
 @pytest.mark.parametrize("steps", [200, 37])
 def test_aupro_legacy_equals_plain_loop_on_blobs(steps: int) -> None:
     masks, maps = blob_case()
+    expected = reference_legacy_loop(masks, maps, steps=steps)
+    assert expected is not None
+    assert metrics.aupro_legacy(masks, maps, steps=steps) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("steps", [2, 4, 8])
+def test_aupro_legacy_binarizes_strictly_above_threshold(steps: int) -> None:
+    """Scores on the threshold grid: a pixel equal to a threshold is not above it."""
+    masks, _ = blob_case()
+    rng = np.random.default_rng(6)
+    normal_levels = rng.choice(4, size=masks.shape, p=[0.85, 0.05, 0.05, 0.05])
+    levels = np.where(masks, rng.integers(2, 5, masks.shape), normal_levels)
+    levels[0, 0, 0] = 0
+    maps = (levels / 4).astype(np.float32)
     expected = reference_legacy_loop(masks, maps, steps=steps)
     assert expected is not None
     assert metrics.aupro_legacy(masks, maps, steps=steps) == pytest.approx(expected, abs=1e-9)
@@ -278,34 +306,34 @@ def test_float16_maps_work_and_equal_float32() -> None:
 
 
 @FAST
-@given(pixel_cases(), st.integers(1, 7))
-def test_packed_key_sort_equals_argsort_path(case: tuple[np.ndarray, np.ndarray], chunk: int,
-                                             ) -> None:
+@given(pixel_cases())
+def test_packed_key_sort_equals_argsort_path(case: tuple[np.ndarray, np.ndarray]) -> None:
     masks, maps = case
     maps = maps * np.float32(-1.0)  # negative values, -0.0 next to 0.0
-    original = metrics._CHUNK
-    metrics._CHUNK = chunk  # groups straddle chunk boundaries
-    try:
-        fast = metrics.rank_pixels(masks, maps)
-    finally:
-        metrics._CHUNK = original
+    fast = metrics.rank_pixels(masks, maps)
     slow = metrics.rank_pixels(masks, maps.astype(np.float64))
-    assert fast.values.dtype == np.float32 and slow.values.dtype == np.float64
-    np.testing.assert_array_equal(fast.values.astype(np.float64), slow.values)
-    np.testing.assert_array_equal(fast.normal, slow.normal)
-    np.testing.assert_array_equal(fast.anomalous, slow.anomalous)
-    np.testing.assert_allclose(fast.region_weight, slow.region_weight, rtol=0, atol=1e-15)
+    assert fast.sorted_scores.dtype == np.float32 and slow.sorted_scores.dtype == np.float64
+    np.testing.assert_array_equal(fast.sorted_scores.astype(np.float64), slow.sorted_scores)
+    np.testing.assert_array_equal(fast.sorted_scores, np.sort(maps.ravel()))
+    for name in ("hit_start", "hit_end", "hit_anomalous"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+    np.testing.assert_allclose(fast.hit_weight, slow.hit_weight, rtol=0, atol=1e-15)
     assert fast.n_regions == slow.n_regions == metrics.count_regions(masks)
-    assert fast.n_normal + fast.n_anomalous == maps.size
+    assert fast.n_anomalous == int(masks.sum()) and fast.n_normal == int((~masks).sum())
+    assert fast.hit_weight.sum() == pytest.approx(1.0 if masks.any() else 0.0, abs=1e-12)
 
 
 def test_negative_zero_ties_with_zero() -> None:
     maps = np.array([[[-0.0, 0.0], [1.0, -1.0]]], dtype=np.float32)
     masks = np.array([[[True, False], [True, False]]])
-    groups = metrics.rank_pixels(masks, maps)
-    np.testing.assert_array_equal(groups.values, [-1.0, 0.0, 1.0])
-    np.testing.assert_array_equal(groups.normal, [1, 1, 0])
-    np.testing.assert_array_equal(groups.anomalous, [0, 1, 1])
+    ranked = metrics.rank_pixels(masks, maps)
+    np.testing.assert_array_equal(ranked.sorted_scores, [-1.0, 0.0, 0.0, 1.0])
+    assert not np.signbit(ranked.sorted_scores[1:3]).any()
+    np.testing.assert_array_equal(ranked.hit_start, [1, 3])
+    np.testing.assert_array_equal(ranked.hit_end, [3, 4])
+    np.testing.assert_array_equal(ranked.hit_anomalous, [1, 1])
+    np.testing.assert_allclose(ranked.hit_weight, [0.5, 0.5])
+    assert metrics.pixel_auroc(masks, maps) == roc_auc_score(masks.ravel(), maps.ravel())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def import_checkpoint(method_name: str, file: str | Path, out: str | Path,
     try:
         state = convert(obj)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{file} is not a {name} upstream checkpoint: {err}") from err
+        raise ValueError(f"{file} is not an upstream {name} checkpoint: {err}") from err
     method = build_method(name, overrides, device=device, backbone=backbone)
     check_converted_state(method, state, file)
     method.load_trainable_state_dict(state)

@@ -81,8 +81,11 @@ def card_header(info: DatasetInfo, counts: dict[str, Any], shards: dict[str, lis
             "counts": counts,
         },
     }
-    if header["license"] == "other":
-        header["license_name"] = re.sub(r"[^a-z0-9]+", "-", info.license.lower()).strip("-")[:60]
+    if header["license"] == "other":  # the Hub wants a name for "other", right after it
+        name = re.sub(r"[^a-z0-9]+", "-", info.license.lower()).strip("-")[:60]
+        items = list(header.items())
+        items.insert(2, ("license_name", name))
+        header = dict(items)
     return header
 
 

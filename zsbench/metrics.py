@@ -1,9 +1,10 @@
 """Exact image- and pixel-level anomaly-detection metrics (definitions in METRICS.md).
 
 Every metric of one set of scores comes from a single sort: :func:`rank_scores` and
-:func:`rank_pixels` reduce the scores to groups of tied values, each with its count of normal and
-anomalous items and (for pixels) its share of the AUPRO region weight. ROC, precision-recall, PRO
-and FPR curves are then cumulative sums over those groups, so ties form one step, as in sklearn.
+:func:`rank_pixels` return the sorted scores plus, for each group of tied scores that holds an
+anomalous item, its position, its anomalous count and its AUPRO region weight. The ROC,
+precision-recall, PRO and FPR curves only change at those groups, so every metric is a few
+cumulative sums over them; ties form one step, as in sklearn.
 
 Undefined metrics are ``None``, never 0: image metrics need both classes; pixel metrics need an
 anomalous pixel; pixel AUROC and both AUPROs also need a normal pixel.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,33 +31,37 @@ METRIC_NAMES = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _SIGN_BIT = np.uint32(0x8000_0000)
 _LOW_BITS = np.uint32(0x7FFF_FFFF)
-_TAG_BITS = np.uint64(0xFFFF_FFFF)
-_SHIFT = np.uint64(32)
-_CHUNK = 1 << 22  # elements per chunk when scanning the sorted keys
+_HIGH, _LOW = (1, 0) if sys.byteorder == "little" else (0, 1)  # uint32 halves of a uint64
 
 
 @dataclass(frozen=True)
-class ScoreGroups:
-    """Distinct scores in ascending order and what each group of tied scores holds.
+class RankedScores:
+    """Scores sorted ascending, and the groups of tied scores that hold anomalous items.
 
-    ``values`` are float32 for float16/float32 input, else float64; ``normal`` and ``anomalous``
-    are int64 counts; ``region_weight`` is, per group, the sum over its anomalous pixels of
-    1 / (number of regions x area of the pixel's region) (zeros for image-level scores).
+    ``sorted_scores`` are float32 for float16/float32 input, else float64. Group ``h`` occupies
+    ``sorted_scores[hit_start[h]:hit_end[h]]``; it holds ``hit_anomalous[h]`` anomalous items
+    and, for pixels, the region weight ``hit_weight[h]`` = sum over those pixels of
+    1 / (number of regions x area of the pixel's region) (zeros for image scores).
     """
 
-    values: np.ndarray
-    normal: np.ndarray
-    anomalous: np.ndarray
-    region_weight: np.ndarray
+    sorted_scores: np.ndarray
+    hit_start: np.ndarray
+    hit_end: np.ndarray
+    hit_anomalous: np.ndarray
+    hit_weight: np.ndarray
     n_regions: int
 
     @property
-    def n_normal(self) -> int:
-        return int(self.normal.sum())
+    def n_anomalous(self) -> int:
+        return int(self.hit_anomalous.sum())
 
     @property
-    def n_anomalous(self) -> int:
-        return int(self.anomalous.sum())
+    def n_normal(self) -> int:
+        return self.sorted_scores.size - self.n_anomalous
+
+    def anomalous_from(self, hit: np.ndarray | int) -> np.ndarray:
+        """Anomalous items in hit groups ``hit`` and above (index ``H`` gives 0)."""
+        return _suffix_sums(self.hit_anomalous)[hit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,157 +166,186 @@ def _region_weights(areas: list[np.ndarray]) -> tuple[np.ndarray, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# ranking: one sort -> groups of tied scores
+# ranking: one sort, then the tied groups that hold anomalous items
 
 
-def _order_keys(scores32: np.ndarray) -> np.ndarray:
-    """uint32 keys whose unsigned order is the numeric order of float32 scores (-0.0 == 0.0)."""
-    bits = (scores32 + np.float32(0.0)).view(np.uint32)  # adding +0.0 turns -0.0 into +0.0
+def _order_keys(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys whose unsigned order is the numeric order of float16/float32 scores.
+
+    Adding +0.0 turns -0.0 into +0.0, so the two zeros tie as they compare equal."""
+    bits = np.add(scores, np.float32(0.0), dtype=np.float32).view(np.uint32)
     return bits ^ ((bits >> np.uint32(31)) * _LOW_BITS | _SIGN_BIT)
 
 
 def _scores_from_keys(keys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_order_keys`."""
-    keys = keys.astype(np.uint32)
-    return (keys ^ (((keys >> np.uint32(31)) ^ np.uint32(1)) * _LOW_BITS | _SIGN_BIT)).view(
-        np.float32)
+    """Inverse of :func:`_order_keys` (float32 scores), with a single new array."""
+    flipped = keys >> np.uint32(31)
+    flipped ^= np.uint32(1)
+    flipped *= _LOW_BITS
+    flipped |= _SIGN_BIT
+    flipped ^= keys
+    return flipped.view(np.float32)
 
 
-def _aggregate(starts: np.ndarray, size: int, anomalous_at: np.ndarray, anomalous_tags: np.ndarray,
-               tag_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group (normal, anomalous, region weight) from group starts and anomalous positions."""
-    n_groups = starts.size
-    group_sizes = np.diff(np.append(starts, size))
-    group_of = np.searchsorted(starts, anomalous_at, side="right") - 1
-    anomalous = np.bincount(group_of, minlength=n_groups).astype(np.int64)
-    weight = np.bincount(group_of, weights=tag_weights[anomalous_tags], minlength=n_groups)
-    return group_sizes - anomalous, anomalous, weight.astype(np.float64)
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Index of the first item of each run of equal values in a sorted array."""
+    if sorted_values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.empty(sorted_values.size, dtype=bool)
+    change[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=change[1:])
+    return np.flatnonzero(change)
 
 
-def _groups_by_argsort(scores: np.ndarray, tags: np.ndarray, tag_weights: np.ndarray,
-                       n_regions: int) -> ScoreGroups:
-    """Group tied scores of any float dtype with one argsort."""
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
+def _suffix_sums(values: np.ndarray) -> np.ndarray:
+    """``[len + 1]``: the sum of ``values[i:]`` for every i (0 at the end)."""
+    sums = np.zeros(values.size + 1, dtype=np.result_type(values.dtype, np.int64))
+    sums[:-1] = np.cumsum(values[::-1])[::-1]
+    return sums
+
+
+def _ranked(sorted_scores: np.ndarray, anomalous_at: np.ndarray, anomalous_tags: np.ndarray,
+            tag_weights: np.ndarray, n_regions: int) -> RankedScores:
+    """Find the tied groups of the anomalous items at sorted positions ``anomalous_at``."""
+    hit_scores = sorted_scores[anomalous_at]
+    first = _run_starts(hit_scores)
+    values = hit_scores[first]
+    weights = tag_weights[anomalous_tags]
+    return RankedScores(
+        sorted_scores=sorted_scores,
+        hit_start=np.searchsorted(sorted_scores, values, side="left"),
+        hit_end=np.searchsorted(sorted_scores, values, side="right"),
+        hit_anomalous=np.diff(first, append=anomalous_at.size).astype(np.int64),
+        hit_weight=(np.add.reduceat(weights, first) if first.size
+                    else np.zeros(0, dtype=np.float64)),
+        n_regions=n_regions)
+
+
+def _rank_by_argsort(scores: np.ndarray, tags: np.ndarray, tag_weights: np.ndarray,
+                     n_regions: int) -> RankedScores:
+    """Rank scores of any float dtype with one argsort."""
+    order = np.argsort(scores)
+    sorted_scores = scores[order].astype(np.result_type(scores.dtype, np.float32), copy=False)
     sorted_tags = tags[order]
     del order
-    starts = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]) + 1
-    starts = np.concatenate([np.zeros(min(scores.size, 1), dtype=np.int64), starts])
     anomalous_at = np.flatnonzero(sorted_tags)
-    normal, anomalous, weight = _aggregate(starts, scores.size, anomalous_at,
-                                           sorted_tags[anomalous_at], tag_weights)
-    values = sorted_scores[starts].astype(np.result_type(scores.dtype, np.float32))
-    return ScoreGroups(values, normal, anomalous, weight, n_regions)
+    return _ranked(sorted_scores, anomalous_at, sorted_tags[anomalous_at], tag_weights, n_regions)
 
 
-def _groups_from_sorted_keys(keys: np.ndarray, tag_weights: np.ndarray,
-                             n_regions: int) -> ScoreGroups:
-    """Group sorted ``score_key << 32 | tag`` keys, scanning in chunks to keep memory flat."""
-    starts_parts, anomalous_parts, tag_parts = [], [], []
-    for begin in range(0, keys.size, _CHUNK):
-        chunk = keys[begin:begin + _CHUNK]
-        score_keys = chunk >> _SHIFT
-        if begin == 0:
-            starts_parts.append(np.zeros(1, dtype=np.int64))
-        elif score_keys[0] != keys[begin - 1] >> _SHIFT:
-            starts_parts.append(np.array([begin], dtype=np.int64))
-        starts_parts.append(np.flatnonzero(score_keys[1:] != score_keys[:-1]) + (begin + 1))
-        chunk_tags = (chunk & _TAG_BITS).astype(np.uint32)
-        at = np.flatnonzero(chunk_tags)
-        anomalous_parts.append(at + begin)
-        tag_parts.append(chunk_tags[at])
-    starts = np.concatenate([np.zeros(0, dtype=np.int64), *starts_parts])
-    anomalous_at = np.concatenate([np.zeros(0, dtype=np.int64), *anomalous_parts])
-    anomalous_tags = np.concatenate([np.zeros(0, dtype=np.uint32), *tag_parts])
-    normal, anomalous, weight = _aggregate(starts, keys.size, anomalous_at, anomalous_tags,
-                                           tag_weights)
-    values = _scores_from_keys(keys[starts] >> _SHIFT)
-    return ScoreGroups(values, normal, anomalous, weight, n_regions)
+def _rank_by_packed_sort(masks: np.ndarray, maps: np.ndarray) -> RankedScores:
+    """Rank float16/float32 pixel scores by sorting uint64 keys ``score key << 32 | region tag``.
+
+    The keys are the only full-size array until the sorted float32 scores are read back."""
+    keys = np.empty(maps.size, dtype=np.uint64)
+    halves = keys.view(np.uint32).reshape(-1, 2)
+    per_image = maps[0].size if len(maps) else 0
+    areas: list[np.ndarray] = []
+    for index, tags, new_areas in _region_tags(masks):
+        rows = slice(index * per_image, (index + 1) * per_image)
+        halves[rows, _HIGH] = _order_keys(maps[index].ravel())
+        halves[rows, _LOW] = tags
+        areas.append(new_areas)
+    tag_weights, n_regions = _region_weights(areas)
+    keys.sort()
+    tags = halves[:, _LOW]
+    anomalous_at = np.flatnonzero(tags)
+    anomalous_tags = tags[anomalous_at]
+    sorted_scores = _scores_from_keys(halves[:, _HIGH])
+    del keys, halves, tags
+    return _ranked(sorted_scores, anomalous_at, anomalous_tags, tag_weights, n_regions)
 
 
-def rank_scores(labels: ArrayLike, scores: ArrayLike) -> ScoreGroups:
-    """Group image scores ``[N]`` by tied value, counting normal/anomalous labels per group."""
+def rank_scores(labels: ArrayLike, scores: ArrayLike) -> RankedScores:
+    """Rank image scores ``[N]`` against their labels (one argsort)."""
     labels_b, scores_f = _image_inputs(labels, scores)
-    return _groups_by_argsort(scores_f, labels_b.astype(np.uint32), np.zeros(2), 0)
+    return _rank_by_argsort(scores_f, labels_b.astype(np.uint32), np.zeros(2), 0)
 
 
-def rank_pixels(masks: ArrayLike, maps: ArrayLike) -> ScoreGroups:
-    """Group the pixel scores of ``maps`` ``[N, H, W]`` by tied value (one sort in all).
+def rank_pixels(masks: ArrayLike, maps: ArrayLike) -> RankedScores:
+    """Rank the pixel scores of ``maps`` ``[N, H, W]`` against ``masks`` (one sort in all).
 
     Regions of ``masks`` are labelled once (8-connected). float16/float32 maps are packed with
-    their region tag into uint64 keys and sorted in place (the only full-size copy); float64 maps
-    use one argsort.
+    their region tag into uint64 keys and sorted in place; float64 maps use one argsort.
     """
     masks_b, maps_f = _pixel_inputs(masks, maps)
-    n_pixels = maps_f.size
-    per_image = n_pixels // len(maps_f) if len(maps_f) else 0
-    areas: list[np.ndarray] = []
     if maps_f.dtype in (np.float16, np.float32):
-        keys = np.empty(n_pixels, dtype=np.uint64)
-        for index, tags, new_areas in _region_tags(masks_b):
-            part = keys[index * per_image:(index + 1) * per_image]
-            part[:] = _order_keys(maps_f[index].astype(np.float32).ravel())
-            part <<= _SHIFT
-            part |= tags
-            areas.append(new_areas)
-        keys.sort()
-        tag_weights, n_regions = _region_weights(areas)
-        return _groups_from_sorted_keys(keys, tag_weights, n_regions)
-    tags_all = np.empty(n_pixels, dtype=np.uint32)
+        return _rank_by_packed_sort(masks_b, maps_f)
+    per_image = maps_f[0].size if len(maps_f) else 0
+    tags_all = np.empty(maps_f.size, dtype=np.uint32)
+    areas: list[np.ndarray] = []
     for index, tags, new_areas in _region_tags(masks_b):
         tags_all[index * per_image:(index + 1) * per_image] = tags
         areas.append(new_areas)
     tag_weights, n_regions = _region_weights(areas)
-    return _groups_by_argsort(maps_f.reshape(-1), tags_all, tag_weights, n_regions)
+    return _rank_by_argsort(maps_f.reshape(-1), tags_all, tag_weights, n_regions)
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics from groups
+# metrics from ranked scores (the curves only change at the groups holding anomalous items)
 
 
-def _descending(groups: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
-    """(anomalous, normal) counts per group from the highest score down, as float64."""
-    return (groups.anomalous[::-1].astype(np.float64), groups.normal[::-1].astype(np.float64))
-
-
-def auroc_from_groups(groups: ScoreGroups) -> float | None:
-    """ROC AUC (trapezoid over tied groups, as sklearn); None without both classes."""
-    n_pos, n_neg = groups.n_anomalous, groups.n_normal
+def auroc_from_ranked(ranked: RankedScores) -> float | None:
+    """ROC AUC, ties counted as one half (as sklearn's trapezoid); None without both classes."""
+    n_pos, n_neg = ranked.n_anomalous, ranked.n_normal
     if n_pos == 0 or n_neg == 0:
         return None
-    pos, neg = _descending(groups)
-    pos_before = np.cumsum(pos) - pos
-    return float(np.dot(neg, pos_before + 0.5 * pos) / (float(n_pos) * float(n_neg)))
+    anomalous = ranked.hit_anomalous.astype(np.float64)
+    anomalous_below = n_pos - ranked.anomalous_from(np.arange(ranked.hit_start.size))
+    normal_below = ranked.hit_start - anomalous_below
+    normal_tied = (ranked.hit_end - ranked.hit_start) - ranked.hit_anomalous
+    wins = np.dot(anomalous, normal_below + 0.5 * normal_tied)
+    return float(wins / (float(n_pos) * float(n_neg)))
 
 
-def ap_from_groups(groups: ScoreGroups) -> float | None:
+def _precision_recall_points(ranked: RankedScores) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and predicted positives at each hit group's threshold (score >= group)."""
+    true_pos = ranked.anomalous_from(np.arange(ranked.hit_start.size)).astype(np.float64)
+    predicted = (ranked.sorted_scores.size - ranked.hit_start).astype(np.float64)
+    return true_pos, predicted
+
+
+def ap_from_ranked(ranked: RankedScores) -> float | None:
     """Step-wise average precision (sklearn ``average_precision_score``); None without positives."""
-    n_pos = groups.n_anomalous
+    n_pos = ranked.n_anomalous
     if n_pos == 0:
         return None
-    pos, neg = _descending(groups)
-    precision = np.cumsum(pos) / np.cumsum(pos + neg)
-    return float(np.dot(pos, precision) / n_pos)
+    true_pos, predicted = _precision_recall_points(ranked)
+    return float(np.dot(ranked.hit_anomalous, true_pos / predicted) / n_pos)
 
 
-def f1_max_from_groups(groups: ScoreGroups) -> float | None:
-    """Maximum F1 over all distinct-score thresholds; None without positives."""
-    n_pos = groups.n_anomalous
+def f1_max_from_ranked(ranked: RankedScores) -> float | None:
+    """Maximum F1 over all thresholds (it is reached at a hit group); None without positives."""
+    n_pos = ranked.n_anomalous
     if n_pos == 0:
         return None
-    pos, neg = _descending(groups)
-    true_pos = np.cumsum(pos)
-    return float(np.max(2.0 * true_pos / (np.cumsum(pos + neg) + n_pos)))
+    true_pos, predicted = _precision_recall_points(ranked)
+    return float(np.max(2.0 * true_pos / (predicted + n_pos)))
 
 
-def aupro_from_groups(groups: ScoreGroups, fpr_limit: float = 0.3) -> float | None:
+def _pro_curve(ranked: RankedScores) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) from the highest threshold down: (0, 0), then for each hit group the point just
+    above it and the point at it, then (1, 1). Other thresholds lie on horizontal segments."""
+    n_hits = ranked.hit_start.size
+    n_items, n_neg = ranked.sorted_scores.size, ranked.n_normal
+    pos_from = ranked.anomalous_from(np.arange(n_hits + 1))
+    weight_from = _suffix_sums(ranked.hit_weight)
+    normal_at = n_items - ranked.hit_start - pos_from[:-1]
+    normal_above = n_items - ranked.hit_end - pos_from[1:]
+    fpr = np.empty(2 * n_hits + 2)
+    pro = np.empty(2 * n_hits + 2)
+    fpr[0], pro[0], fpr[-1], pro[-1] = 0.0, 0.0, 1.0, 1.0
+    fpr[1:-1:2], fpr[2:-1:2] = normal_above[::-1] / n_neg, normal_at[::-1] / n_neg
+    pro[1:-1:2], pro[2:-1:2] = weight_from[1:][::-1], weight_from[:-1][::-1]
+    np.minimum(pro, 1.0, out=pro)  # cumulative rounding must not pass 1
+    return fpr, pro
+
+
+def aupro_from_ranked(ranked: RankedScores, fpr_limit: float = 0.3) -> float | None:
     """MVTec AD AUPRO: area under PRO(FPR) on [0, fpr_limit] (interpolated there) / fpr_limit."""
     limit = _check_fpr_limit(fpr_limit)
-    n_neg = groups.n_normal
-    if groups.n_regions == 0 or n_neg == 0:
+    if ranked.n_regions == 0 or ranked.n_normal == 0:
         return None
-    fpr = np.concatenate([[0.0], np.cumsum(groups.normal[::-1]) / n_neg])
-    pro = np.concatenate([[0.0], np.minimum(np.cumsum(groups.region_weight[::-1]), 1.0)])
+    fpr, pro = _pro_curve(ranked)
     inside = int(np.searchsorted(fpr, limit, side="right"))  # points with fpr <= limit
     area = float(np.trapezoid(pro[:inside], fpr[:inside]))
     if inside < fpr.size:
@@ -326,30 +361,32 @@ def _check_steps(steps: int) -> int:
     return int(steps)
 
 
-def aupro_legacy_from_groups(groups: ScoreGroups, steps: int = 200,
+def aupro_legacy_from_ranked(ranked: RankedScores, steps: int = 200,
                              fpr_limit: float = 0.3) -> float | None:
-    """The cflow-ad routine (thresholds ``np.arange(min, max, (max - min) / steps)``, ``> th``).
+    """The cflow-ad routine: thresholds ``np.arange(min, max, (max - min) / steps)``, ``> th``.
 
     Keeps thresholds with FPR < fpr_limit, min-max rescales their FPRs to [0, 1] and takes the
-    trapezoid area. Returns None wherever the upstream loop errors or gives NaN: no region, no
-    normal pixel, constant scores, no kept threshold, or kept FPRs all equal (e.g. one outlier).
+    trapezoid area (sklearn ``auc``). Returns None wherever the upstream loop errors or gives NaN:
+    no region, no normal pixel, constant scores, no kept threshold, or kept FPRs all equal (as
+    with a single extreme outlier pixel).
     """
     steps = _check_steps(steps)
     limit = _check_fpr_limit(fpr_limit)
-    n_neg = groups.n_normal
-    if groups.n_regions == 0 or n_neg == 0:
+    n_neg = ranked.n_normal
+    if ranked.n_regions == 0 or n_neg == 0:
         return None
-    low, high = groups.values[0], groups.values[-1]  # numpy scalars: upstream's dtype rules
+    low, high = ranked.sorted_scores[0], ranked.sorted_scores[-1]  # numpy scalars, as upstream
     delta = (high - low) / steps
     if not delta > 0:
         logger.debug("aupro_legacy undefined: constant scores")
         return None
     thresholds = np.arange(low, high, delta)
-    first_above = np.searchsorted(groups.values, thresholds, side="right")
-    normal_from = np.append(np.cumsum(groups.normal[::-1])[::-1], 0)
-    weight_from = np.append(np.cumsum(groups.region_weight[::-1])[::-1], 0.0)
-    fprs = normal_from[first_above] / n_neg
-    pros = weight_from[first_above]
+    n_above = ranked.sorted_scores.size - np.searchsorted(ranked.sorted_scores, thresholds,
+                                                          side="right")
+    first_hit_above = np.searchsorted(ranked.hit_start, ranked.sorted_scores.size - n_above)
+    pos_above = ranked.anomalous_from(first_hit_above)
+    fprs = (n_above - pos_above) / n_neg
+    pros = np.minimum(_suffix_sums(ranked.hit_weight)[first_hit_above], 1.0)
     keep = fprs < limit
     if not keep.any():
         logger.debug("aupro_legacy undefined: no threshold with FPR < %s", limit)
@@ -369,51 +406,51 @@ def aupro_legacy_from_groups(groups: ScoreGroups, steps: int = 200,
 
 def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Image-level ROC AUC; None unless both classes are present."""
-    return auroc_from_groups(rank_scores(labels, scores))
+    return auroc_from_ranked(rank_scores(labels, scores))
 
 
 def image_ap(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Image-level average precision; None unless both classes are present."""
-    groups = rank_scores(labels, scores)
-    return ap_from_groups(groups) if groups.n_normal else None
+    ranked = rank_scores(labels, scores)
+    return ap_from_ranked(ranked) if ranked.n_normal else None
 
 
 def image_f1_max(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Image-level maximum F1; None unless both classes are present."""
-    groups = rank_scores(labels, scores)
-    return f1_max_from_groups(groups) if groups.n_normal else None
+    ranked = rank_scores(labels, scores)
+    return f1_max_from_ranked(ranked) if ranked.n_normal else None
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float | None:
     """Pixel-level ROC AUC over all pixels; None without anomalous or normal pixels."""
-    return auroc_from_groups(rank_pixels(masks, maps))
+    return auroc_from_ranked(rank_pixels(masks, maps))
 
 
 def pixel_ap(masks: ArrayLike, maps: ArrayLike) -> float | None:
     """Pixel-level average precision; None without anomalous pixels."""
-    return ap_from_groups(rank_pixels(masks, maps))
+    return ap_from_ranked(rank_pixels(masks, maps))
 
 
 def pixel_f1_max(masks: ArrayLike, maps: ArrayLike) -> float | None:
     """Pixel-level maximum F1; None without anomalous pixels."""
-    return f1_max_from_groups(rank_pixels(masks, maps))
+    return f1_max_from_ranked(rank_pixels(masks, maps))
 
 
 def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float | None:
     """Exact MVTec AD AUPRO up to ``fpr_limit``; None without regions or normal pixels."""
     _check_fpr_limit(fpr_limit)
-    return aupro_from_groups(rank_pixels(masks, maps), fpr_limit)
+    return aupro_from_ranked(rank_pixels(masks, maps), fpr_limit)
 
 
 def aupro_legacy(masks: ArrayLike, maps: ArrayLike, steps: int = 200,
                  fpr_limit: float = 0.3) -> float | None:
-    """The cflow-ad/AnomalyCLIP AUPRO of published tables (see :func:`aupro_legacy_from_groups`).
+    """The cflow-ad/AnomalyCLIP AUPRO of published tables (see :func:`aupro_legacy_from_ranked`).
 
-    float16 maps are compared as float32 (thresholds in float32, as upstream's float32 maps).
+    float16 maps are promoted to float32 first (upstream's maps are float32 arrays).
     """
     _check_steps(steps)
     _check_fpr_limit(fpr_limit)
-    return aupro_legacy_from_groups(rank_pixels(masks, maps), steps, fpr_limit)
+    return aupro_legacy_from_ranked(rank_pixels(masks, maps), steps, fpr_limit)
 
 
 def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | None = None,
@@ -423,12 +460,12 @@ def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | Non
     ``masks`` (all-zero for normal images) and ``maps`` are ``[N, H, W]`` for the same N images as
     ``labels``/``scores``; without masks every pixel metric is None.
     """
-    image_groups = rank_scores(labels, scores)
-    both_classes = image_groups.n_anomalous > 0 and image_groups.n_normal > 0
+    image_ranked = rank_scores(labels, scores)
+    both_classes = image_ranked.n_anomalous > 0 and image_ranked.n_normal > 0
     result: dict[str, float | None] = {
-        "image_auroc": auroc_from_groups(image_groups) if both_classes else None,
-        "image_ap": ap_from_groups(image_groups) if both_classes else None,
-        "image_f1_max": f1_max_from_groups(image_groups) if both_classes else None,
+        "image_auroc": auroc_from_ranked(image_ranked) if both_classes else None,
+        "image_ap": ap_from_ranked(image_ranked) if both_classes else None,
+        "image_f1_max": f1_max_from_ranked(image_ranked) if both_classes else None,
     }
     if masks is None:
         result.update(dict.fromkeys(METRIC_NAMES[3:]))
@@ -439,13 +476,13 @@ def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | Non
     if np.shape(masks)[:1] != (n_images,):
         raise ValueError(f"masks has shape {np.shape(masks)}; expected [{n_images}, H, W] to match "
                          f"the {n_images} labels")
-    pixel_groups = rank_pixels(masks, maps)
+    pixel_ranked = rank_pixels(masks, maps)
     result.update({
-        "pixel_auroc": auroc_from_groups(pixel_groups),
-        "pixel_ap": ap_from_groups(pixel_groups),
-        "pixel_f1_max": f1_max_from_groups(pixel_groups),
-        "aupro": aupro_from_groups(pixel_groups),
-        "aupro_legacy": aupro_legacy_from_groups(pixel_groups),
+        "pixel_auroc": auroc_from_ranked(pixel_ranked),
+        "pixel_ap": ap_from_ranked(pixel_ranked),
+        "pixel_f1_max": f1_max_from_ranked(pixel_ranked),
+        "aupro": aupro_from_ranked(pixel_ranked),
+        "aupro_legacy": aupro_legacy_from_ranked(pixel_ranked),
     })
     return result
 

@@ -54,7 +54,7 @@ WINCLIP_ANOMALIB_TEMPLATES = (
     "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
 )
 
-# -- WinCLIP, APRIL-GAN lineage ---------------------------------------------------------------------
+# -- WinCLIP, APRIL-GAN lineage ----------------------------------------------------------------
 APRIL_GAN_NORMAL_STATES = WINCLIP_NORMAL_STATES
 APRIL_GAN_ANOMALOUS_STATES = (
     "damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage",
@@ -176,6 +176,31 @@ ANOVL_ENSEMBLES = {
 AVERAGING_MODES = ("normalized", "raw")
 
 
+def _has_causal_text_mask(backbone: torch.nn.Module) -> bool:
+    text = getattr(backbone.model, "text", backbone.model)
+    return getattr(text, "attn_mask", None) is not None
+
+
+def encode_prompts(backbone: torch.nn.Module, prompts: Sequence[str], batch_size: int = 256
+                   ) -> Tensor:
+    """Unnormalised text embeddings ``[P, D]`` of plain strings, in batches.
+
+    With a causal text tower (CLIP's), positions after the last end-of-text token cannot change
+    the pooled embedding, so token ids are cut to the longest prompt: the same embeddings, several
+    times faster than the full context length."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = []
+    for start in range(0, len(prompts), batch_size):
+        ids = backbone.tokenize(list(prompts[start:start + batch_size]))
+        if _has_causal_text_mask(backbone):
+            ids = ids[:, :int(ids.argmax(dim=-1).max()) + 1]
+        parts.append(backbone.encode_text(ids))
+    if not parts:
+        raise ValueError("no prompts to encode")
+    return torch.cat(parts, dim=0)
+
+
 def encode_ensemble(backbone: torch.nn.Module, ensemble: PromptEnsemble, class_name: str,
                     averaging: str = "normalized", batch_size: int = 256) -> Tensor:
     """``[2, D]`` unit text embeddings (normal, anomalous) of ``ensemble`` for ``class_name``.
@@ -187,9 +212,7 @@ def encode_ensemble(backbone: torch.nn.Module, ensemble: PromptEnsemble, class_n
         raise ValueError(f"averaging {averaging!r} is not one of {', '.join(AVERAGING_MODES)}")
     sides = []
     for prompts in ensemble.prompts(class_name):
-        parts = [backbone.encode_text_features(prompts[start:start + batch_size])
-                 for start in range(0, len(prompts), batch_size)]
-        embeddings = torch.cat(parts, dim=0)
+        embeddings = encode_prompts(backbone, prompts, batch_size)
         if averaging == "normalized":
             embeddings = l2_normalize(embeddings)
         sides.append(l2_normalize(embeddings.mean(dim=0)))

@@ -1,8 +1,9 @@
 """Seeded synthetic anomaly datasets in the MVTec AD layout (offline demo and tests).
 
 Two families share one rule, so that a method trained on one can transfer to the other:
-a defect is a region whose colour departs strongly from the surface around it. They differ in
-everything else: ``synthetic_a`` has striped, granular and disc-object categories with elliptic
+a defect is a region painted with a red shift (more red, less green) at the surface's own
+brightness, a chromatic signature that random-weight features can pick up but that brightness
+alone does not reveal (so untrained methods stay near chance). They differ in everything else: ``synthetic_a`` has striped, granular and disc-object categories with elliptic
 blobs and scratches; ``synthetic_b`` has checkerboard, fibre and tablet categories with polygons
 and cracks.
 
@@ -50,7 +51,7 @@ SPECS = {
 def _surface(category: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A normal image of ``category`` as float RGB in [0, 1], shape [size, size, 3]."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    base = rng.uniform(0.35, 0.65, size=3)
+    base = rng.uniform(0.45, 0.75, size=3)
     tint = rng.uniform(-0.08, 0.08, size=3)
     if category == "stripes":
         freq, phase = rng.uniform(8, 12), rng.uniform(0, 2 * np.pi)
@@ -83,14 +84,14 @@ def _defect_mask(defect: str, size: int, rng: np.random.Generator) -> np.ndarray
     """A boolean defect mask of ``defect`` shape."""
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy = rng.uniform(0.25, 0.75, size=2) * size
-    r = rng.uniform(0.09, 0.16) * size
+    cx, cy = rng.uniform(0.3, 0.7, size=2) * size
+    r = rng.uniform(0.14, 0.22) * size
     if defect == "blob":
         draw.ellipse([cx - r, cy - 0.7 * r, cx + r, cy + 0.7 * r], fill=255)
     elif defect == "scratch":
         angle = rng.uniform(0, np.pi)
         dx, dy = np.cos(angle) * 1.6 * r, np.sin(angle) * 1.6 * r
-        draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=255, width=max(3, size // 14))
+        draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=255, width=max(3, size // 9))
     elif defect == "polygon":
         n = int(rng.integers(3, 6))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
@@ -103,14 +104,14 @@ def _defect_mask(defect: str, size: int, rng: np.random.Generator) -> np.ndarray
         for _ in range(4):
             x, y = points[-1]
             points.append((x + rng.uniform(-0.5, 0.5) * r * 1.5, y + rng.uniform(0.3, 0.8) * r))
-        draw.line(points, fill=255, width=max(3, size // 16))
+        draw.line(points, fill=255, width=max(3, size // 10))
     return np.asarray(mask) > 127
 
 
 def _apply_defect(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Paint the defect region in a colour far from the local surface colour."""
-    surface = img[mask].mean(axis=0)
-    colour = np.where(surface > 0.5, rng.uniform(0.0, 0.15, 3), rng.uniform(0.85, 1.0, 3))
+    """Paint the defect region with a red shift at the region's mean brightness."""
+    level = img[mask].mean()
+    colour = np.clip(level + np.array([0.35, -0.3, -0.05]) + rng.uniform(-0.04, 0.04, 3), 0, 1)
     out = img.copy()
     out[mask] = colour + 0.04 * rng.standard_normal((int(mask.sum()), 3))
     return np.clip(out, 0, 1)

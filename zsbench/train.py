@@ -249,7 +249,7 @@ def load_method_from_checkpoint(path: str | Path, device: str | torch.device = "
     return method.eval()
 
 
-def _complete_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
+def _epoch_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
     """Epoch -> checkpoint file in ``checkpoint_dir``."""
     if not checkpoint_dir.is_dir():
         return {}
@@ -329,7 +329,8 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     With ``checkpoint_dir`` a checkpoint is written after each epoch; if the final one exists
     training is skipped and it is loaded; with ``resume`` training continues after the newest
     complete epoch (optimizer and RNG states restored). ``progress(description, step, total)``
-    is called after every step. The method is left in eval mode."""
+    is called after every step. A fresh run seeds Python, NumPy and torch with ``config.seed``
+    (a resumed one restores their states). The method is left in eval mode."""
     start_time = time.perf_counter()
     name = method.info.name
     if not method.info.trainable:
@@ -349,7 +350,7 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     final_epoch = math.ceil(total_steps / steps_per_epoch)
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
 
-    existing = _complete_checkpoints(checkpoint_dir) if checkpoint_dir else {}
+    existing = _epoch_checkpoints(checkpoint_dir) if checkpoint_dir else {}
     if final_epoch in existing:
         meta = read_checkpoint_metadata(existing[final_epoch])
         if meta.get("step") in (None, total_steps):
@@ -380,6 +381,9 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
         first_epoch, step = resumable[-1] + 1, checkpoint["step"]
         logger.info("%s: resuming after epoch %d from %s", name, resumable[-1], path)
     else:
+        if existing:
+            logger.info("%s: training from scratch over the checkpoints in %s (resume=False)",
+                        name, checkpoint_dir)
         _seed_everything(config.seed)
 
     loader = DataLoader(dataset, batch_size=config.batch_size,

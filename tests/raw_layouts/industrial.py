@@ -71,7 +71,8 @@ def make_mvtec(root: Path) -> dict[str, Any]:
     return make_mvtec_layout(root)
 
 
-def break_mvtec_masks(root: Path, category: str = "cable", defect: str = "crack") -> tuple[str, str]:
+def break_mvtec_masks(root: Path, category: str = "cable",
+                      defect: str = "crack") -> tuple[str, str]:
     """Delete one mask (-> an anomalous image without a mask) and add a mask without an image.
 
     Returns (image without mask, stray mask) as paths relative to ``root``."""

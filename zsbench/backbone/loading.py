@@ -83,8 +83,8 @@ def _check_model_name(name: str) -> dict[str, Any]:
     return config
 
 
-def _download_location(tag_config: Mapping[str, Any]) -> tuple[str, str, int]:
-    """(human-readable source, host, port) open_clip would download a tag's weights from."""
+def _download_location(tag_config: Mapping[str, Any]) -> tuple[str, str, int, bool]:
+    """(human-readable source, host, port, is the Hugging Face Hub) of a tag's download."""
     hf_repo = tag_config.get("hf_hub", "")
     if hf_repo and open_clip.pretrained.has_hf_hub():
         from huggingface_hub import constants as hf_constants
@@ -92,9 +92,9 @@ def _download_location(tag_config: Mapping[str, Any]) -> tuple[str, str, int]:
         repo_id, filename = os.path.split(hf_repo)
         endpoint = urlparse(hf_constants.ENDPOINT)
         source = f"{hf_constants.ENDPOINT}/{repo_id} (file {filename or HF_WEIGHTS_NAME})"
-        return source, endpoint.hostname or "huggingface.co", endpoint.port or 443
+        return source, endpoint.hostname or "huggingface.co", endpoint.port or 443, True
     url = urlparse(tag_config.get("url", ""))
-    return tag_config.get("url", ""), url.hostname or "", url.port or 443
+    return tag_config.get("url", ""), url.hostname or "", url.port or 443, False
 
 
 def _cached_weights(tag_config: Mapping[str, Any]) -> Path | None:
@@ -191,8 +191,8 @@ def resolve_weights(name: str, pretrained: str | os.PathLike[str] | None) -> tup
     if cached is not None:
         logger.info("using cached weights %s for %s/%s", cached, name, value)
         return cached, tag_config
-    source, host, port = _download_location(tag_config)
-    if _hf_offline() and "huggingface" in source:
+    source, host, port, from_hub = _download_location(tag_config)
+    if from_hub and _hf_offline():
         raise WeightsUnavailableError(_unavailable_message(name, value, "HF_HUB_OFFLINE is set "
                                                            "and no cached copy exists", source))
     if not network_reachable(host, port):
@@ -278,6 +278,33 @@ def _file_normalisation(name: str) -> dict[str, Any]:
     return {}
 
 
+def init_random_vision_tower(model: torch.nn.Module) -> None:
+    """Give a random vision tower the scaled init open_clip uses for its text tower.
+
+    open_clip leaves its vision ``init_parameters`` commented out (a FIXME in
+    ``open_clip/transformer.py``), so random vision blocks keep PyTorch's default init, whose
+    updates swamp the residual stream and mix all tokens within a few layers. With the GPT-2
+    style scaling (attention in-projection std ``w^-0.5``, output projections
+    ``w^-0.5 (2L)^-0.5``, MLP input ``(2w)^-0.5``) random patch tokens stay local, which is what
+    tests and the offline demo with random weights need. Pretrained weights are unaffected."""
+    visual = getattr(model, "visual", None)
+    transformer = getattr(visual, "transformer", None)
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None:
+        return
+    width, layers = transformer.width, len(blocks)
+    proj_std = width ** -0.5 * (2 * layers) ** -0.5
+    for block in blocks:
+        attn = block.attn
+        if hasattr(attn, "in_proj_weight") and attn.in_proj_weight is not None:
+            torch.nn.init.normal_(attn.in_proj_weight, std=width ** -0.5)
+            torch.nn.init.normal_(attn.out_proj.weight, std=proj_std)
+        mlp = getattr(block, "mlp", None)
+        if mlp is not None and hasattr(mlp, "c_fc"):
+            torch.nn.init.normal_(mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            torch.nn.init.normal_(mlp.c_proj.weight, std=proj_std)
+
+
 def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
                   image_size: int | None = None, device: str | torch.device = "cpu",
                   precision: str = "fp32") -> Backbone:
@@ -301,7 +328,9 @@ def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
     model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu",
                                    force_preprocess_cfg=normalisation or None)
     weights_sha256 = None
-    if weights_path is not None:
+    if weights_path is None:
+        init_random_vision_tower(model)
+    else:
         load_weights_file(model, weights_path)
         weights_sha256 = file_sha256(weights_path)
         logger.info("loaded %s weights from %s (sha256 %s)", name, weights_path,

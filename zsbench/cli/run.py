@@ -228,10 +228,16 @@ def register(app: typer.Typer) -> None:
         methods: list[str] | None = typer.Option(None, "--method", "-m", help="Only these "
                                                  "methods (repeatable; default: all)."),
         epochs: int = typer.Option(15, "--epochs", help="Training epochs of trainable methods."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (the tiny backbone "
+                                    "runs fastest single-threaded)."),
     ) -> None:
         """Offline demo: synthetic datasets, a tiny random backbone, every method, the site."""
+        import torch
+
         from zsbench.demo import REAL_WEIGHTS_COMMAND, run_demo
         from zsbench.results import load_results, results_table
+
+        torch.set_num_threads(max(1, threads))
 
         console.print("[bold]zsbench demo[/]: two synthetic datasets in the MVTec layout, a tiny "
                       "backbone with [bold red]random weights[/]. The numbers below are a smoke "
