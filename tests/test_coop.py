@@ -87,15 +87,21 @@ def test_prompts_and_meta_net(coop: CoOp, cocoop: CoCoOp) -> None:
 def test_cocoop_with_zero_meta_net_is_coop(backbone: Backbone, coop: CoOp, cocoop: CoCoOp,
                                            images: torch.Tensor) -> None:
     names = ["object", "bottle"]
-    shifted = predict(cocoop, images, names)
     plain = predict(coop, images, names)
+    # default: the meta-net's last layer starts at zero, so CoCoOp starts as CoOp
+    started = predict(cocoop, images, names)
+    torch.testing.assert_close(started.image_scores, plain.image_scores)
+    torch.testing.assert_close(started.anomaly_maps, plain.anomaly_maps)
+    # upstream's default init shifts the context per image
+    upstream = build_method("cocoop", {**TINY, "meta_net_zero_init": False}, backbone=backbone)
+    upstream.load_trainable_state_dict({**upstream.trainable_state_dict(),
+                                        "prompt_learner.ctx": coop.prompt_learner.ctx.detach()})
+    shifted = predict(upstream, images, names)
     assert not torch.allclose(shifted.image_scores, plain.image_scores)
-    zeroed = build_method("cocoop", TINY, backbone=backbone)
-    zeroed.load_trainable_state_dict(cocoop.trainable_state_dict())
     with torch.no_grad():
-        zeroed.meta_net[2].weight.zero_()
-        zeroed.meta_net[2].bias.zero_()
-    same = predict(zeroed, images, names)
+        upstream.meta_net[2].weight.zero_()
+        upstream.meta_net[2].bias.zero_()
+    same = predict(upstream, images, names)
     torch.testing.assert_close(same.image_scores, plain.image_scores)
     torch.testing.assert_close(same.anomaly_maps, plain.anomaly_maps)
 

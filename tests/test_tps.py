@@ -143,7 +143,7 @@ def test_train_text_projection_adds_a_trainable_copy(backbone: Backbone, method:
 
 @pytest.fixture(scope="module")
 def trained(backbone: Backbone, batch: dict) -> dict[str, object]:
-    """A fresh method before and after two epochs of zsbench's trainer on synthetic_a."""
+    """A fresh method before and after five epochs of zsbench's trainer on synthetic_a."""
     fresh = make(backbone, seed=5, train_text_projection=True)
     backbone_before = {k: v.clone() for k, v in backbone.state_dict().items()}
     declared = [p for g in fresh.parameter_groups() for p in g["params"]]
@@ -154,7 +154,7 @@ def trained(backbone: Backbone, batch: dict) -> dict[str, object]:
     fresh.zero_grad(set_to_none=True)
     records = Dataset.from_list(synthetic_records("synthetic_a", size=64, n_normal=2,
                                                   n_anomalous=2))
-    outcome = train_method(fresh, [records], TrainConfig(epochs=2, batch_size=4))
+    outcome = train_method(fresh, [records], TrainConfig(epochs=5, batch_size=4))
     with torch.no_grad():
         final, _ = fresh.loss(batch)
     return {"method": fresh, "losses": [total.item(), final.item()], "parts": parts,
@@ -166,7 +166,7 @@ def test_loss_parts_and_decrease(trained: dict) -> None:
     assert set(trained["parts"]) == {"image_ce", "seg_layer6", "seg_layer12", "seg_layer18",
                                      "seg_layer24"}
     initial, final = trained["losses"]
-    assert [record["epoch"] for record in trained["history"]] == [1, 2]
+    assert [record["epoch"] for record in trained["history"]] == [1, 2, 3, 4, 5]
     assert all(torch.isfinite(torch.tensor([initial, final])))
     assert final < initial
 

@@ -77,7 +77,22 @@ def test_training_changes_only_declared_parameters(backbone: Backbone, two_epoch
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
     assert [h["epoch"] for h in outcome.history] == [1, 2]
     assert all(h["steps"] == 2 and h["loss"] > 0 for h in outcome.history)
-    assert outcome.history[1]["loss"] < outcome.history[0]["loss"]
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(backbone: Backbone, dataset: Dataset,
+                                                   two_epochs) -> None:
+    from torch.utils.data import default_collate
+
+    from zsbench.evaluate import raw_records
+    from zsbench.preprocess import AnomalyImageDataset
+
+    method = two_epochs[0]
+    items = AnomalyImageDataset(raw_records(dataset), SIZE, backbone.mean, backbone.std)
+    batch = default_collate([items[i] for i in range(len(items))])
+    with torch.no_grad():
+        before, _ = fresh(backbone).loss(batch)
+        after, _ = method.loss(batch)
+    assert after < before
 
 
 def test_checkpoint_metadata(backbone: Backbone, two_epochs) -> None:

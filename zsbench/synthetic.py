@@ -3,9 +3,10 @@
 Two families share one rule, so that a method trained on one can transfer to the other:
 a defect is a region painted with a red shift (more red, less green) at the surface's own
 brightness, a chromatic signature that random-weight features can pick up but that brightness
-alone does not reveal (so untrained methods stay near chance). They differ in everything else: ``synthetic_a`` has striped, granular and disc-object categories with elliptic
-blobs and scratches; ``synthetic_b`` has checkerboard, fibre and tablet categories with polygons
-and cracks.
+alone does not reveal (so untrained methods stay near chance). They differ in everything
+else: ``synthetic_a`` has striped, granular and disc-object categories with elliptic blobs and
+scratches; ``synthetic_b`` has checkerboard, fibre and tablet categories with polygons and
+cracks.
 
 Layout written (as the MVTec AD download)::
 
