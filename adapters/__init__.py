@@ -7,24 +7,7 @@ dependency such as nibabel is missing) is logged and skipped; the others still r
 
 from __future__ import annotations
 
-import importlib
-import logging
-import pkgutil
+from zsbench.registry import import_submodules
 
-logger = logging.getLogger(__name__)
-
-FAILED_IMPORTS: dict[str, str] = {}  # module name -> error, for diagnostics
-
-
-def _import_all() -> None:
-    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if module.name.startswith("_"):
-            continue
-        try:
-            importlib.import_module(f"{__name__}.{module.name}")
-        except Exception as err:  # an optional dependency must not hide the other adapters
-            FAILED_IMPORTS[module.name] = f"{type(err).__name__}: {err}"
-            logger.warning("Dataset adapter module %r was skipped: %s", module.name, err)
-
-
-_import_all()
+#: module name -> import error of the modules that were skipped, for diagnostics
+FAILED_IMPORTS: dict[str, str] = import_submodules(__name__, __path__, "Dataset adapter")

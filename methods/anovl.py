@@ -156,13 +156,9 @@ class AnoVL(AnomalyMethod):
 
     def __init__(self, config: AnoVLConfig, backbone: nn.Module):
         super().__init__(config, backbone)
-        layer = backbone.vision_layers if config.map_layer is None else config.map_layer
-        if not 1 <= layer <= backbone.vision_layers:
-            raise ValueError(f"map_layer={config.map_layer} is out of range "
-                             f"1..{backbone.vision_layers} for backbone {backbone.name!r}")
-        if config.vv_from is not None and not 1 <= config.vv_from <= backbone.vision_layers:
-            raise ValueError(f"vv_from={config.vv_from} is out of range "
-                             f"1..{backbone.vision_layers}")
+        layer = backbone.check_layer(config.map_layer, "map_layer")
+        if config.vv_from is not None:
+            backbone.check_layer(config.vv_from, "vv_from")
         unknown = [a for a in config.augmentations if a not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"augmentations {unknown} unknown; choose from "

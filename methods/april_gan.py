@@ -89,12 +89,7 @@ class AprilGan(AnomalyMethod):
 
     def __init__(self, config: AprilGanConfig, backbone: nn.Module):
         super().__init__(config, backbone)
-        if not config.layers:
-            raise ValueError("layers is empty; give at least one vision block")
-        bad = [layer for layer in config.layers if not 1 <= layer <= backbone.vision_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range 1..{backbone.vision_layers} for "
-                             f"backbone {backbone.name!r}")
+        backbone.check_layers(config.layers, "layers")
         if config.prompt_class_name is not None and not config.prompt_class_name.strip():
             raise ValueError("prompt_class_name must be none or a non-empty word")
         if config.sigma < 0:

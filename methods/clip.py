@@ -62,10 +62,7 @@ class PatchTextScorer(AnomalyMethod):
 
     def __init__(self, config: ClipConfig, backbone: nn.Module):
         super().__init__(config, backbone)
-        layer = backbone.vision_layers if config.map_layer is None else config.map_layer
-        if not 1 <= layer <= backbone.vision_layers:
-            raise ValueError(f"map_layer={config.map_layer} is out of range "
-                             f"1..{backbone.vision_layers} for backbone {backbone.name!r}")
+        layer = backbone.check_layer(config.map_layer, "map_layer")
         if config.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {config.logit_scale}")
         if config.sigma < 0:

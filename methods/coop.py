@@ -69,12 +69,7 @@ class CoOp(AnomalyMethod):
 
     def __init__(self, config: CoOpConfig, backbone: torch.nn.Module):
         super().__init__(config, backbone)
-        layers = tuple(int(layer) for layer in config.feature_layers)
-        bad = [layer for layer in layers if not 1 <= layer <= backbone.vision_layers]
-        if not layers or bad:
-            raise ValueError(f"feature_layers {config.feature_layers!r} must be non-empty and "
-                             f"lie in 1..{backbone.vision_layers} for backbone {backbone.name!r}")
-        self.feature_layers = layers
+        self.feature_layers = backbone.check_layers(config.feature_layers, "feature_layers")
         self.prompt_learner = PromptLearner(
             backbone, [NORMAL_TEMPLATE, ANOMALOUS_TEMPLATE], n_ctx=config.n_ctx,
             shared_ctx=config.shared_context, deep_prompt_depth=0)

@@ -163,11 +163,7 @@ class FAPrompt(AnomalyMethod):
         if config.n_abnormal_prompts < 2 and config.orthogonality_weight:
             raise ValueError("the orthogonality loss needs n_abnormal_prompts >= 2 "
                              f"(got {config.n_abnormal_prompts}); set orthogonality_weight=0")
-        self.patch_layer = backbone.vision_layers if config.patch_layer is None \
-            else config.patch_layer
-        if not 1 <= self.patch_layer <= backbone.vision_layers:
-            raise ValueError(f"patch_layer={config.patch_layer} is out of range "
-                             f"1..{backbone.vision_layers} for backbone {backbone.name!r}")
+        self.patch_layer = backbone.check_layer(config.patch_layer, "patch_layer")
         n_patches = backbone.grid_size[0] * backbone.grid_size[1]
         if config.prior_top_k > n_patches:
             raise ValueError(f"prior_top_k={config.prior_top_k} exceeds the {n_patches} patches "

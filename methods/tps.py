@@ -161,11 +161,7 @@ class TPS(AnomalyMethod):
 
     def __init__(self, config: TPSConfig, backbone: nn.Module):
         super().__init__(config, backbone)
-        self.layers = tuple(int(layer) for layer in config.layers)
-        bad = [layer for layer in self.layers if not 1 <= layer <= backbone.vision_layers]
-        if not self.layers or bad:
-            raise ValueError(f"layers {list(config.layers)} must be non-empty and within "
-                             f"1..{backbone.vision_layers} for backbone {backbone.name!r}")
+        self.layers = backbone.check_layers(config.layers, "layers")
         learner_options = {"n_ctx": config.n_ctx, "deep_prompt_depth": config.deep_prompt_depth,
                            "deep_prompt_length": config.deep_prompt_length,
                            "deep_prompt_fp16_cast": config.deep_prompt_fp16_cast}

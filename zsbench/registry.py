@@ -136,6 +136,25 @@ ADAPTERS: Registry[Any] = Registry("dataset", "zsbench.adapters", "zsbench.adapt
 PROTOCOLS: Registry[Any] = Registry("protocol", "zsbench.protocols", None)
 
 
+def import_submodules(package: str, path: list[str], kind: str) -> dict[str, str]:
+    """Import every public module of a built-in package (so each registers itself).
+
+    A module that fails to import (e.g. an optional dependency is missing) is logged and
+    skipped so the others still register; returns ``{module name: error}`` of those skipped."""
+    import pkgutil
+
+    failed: dict[str, str] = {}
+    for module in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if module.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{package}.{module.name}")
+        except Exception as err:  # one broken module must not hide the others
+            failed[module.name] = f"{type(err).__name__}: {err}"
+            logger.warning("%s module %r was skipped: %s", kind, module.name, err)
+    return failed
+
+
 def register_method(name: str) -> Callable[[T], T]:
     """Class decorator: register an :class:`zsbench.method.AnomalyMethod` subclass."""
     return METHODS.register(name)

@@ -202,6 +202,27 @@ class Backbone(nn.Module):
         return block.ls_1(out)
 
     # -- vision ----------------------------------------------------------------------------------
+    def check_layer(self, layer: int | None, option: str) -> int:
+        """A 1-indexed vision block; ``None`` means the last. A clear error names ``option``."""
+        value = self.vision_layers if layer is None else int(layer)
+        if not 1 <= value <= self.vision_layers:
+            raise ValueError(f"{option}={layer} out of range 1..{self.vision_layers} for model "
+                             f"{self.name!r}")
+        return value
+
+    def check_layers(self, layers: Sequence[int], option: str, allow_empty: bool = False
+                     ) -> tuple[int, ...]:
+        """1-indexed vision blocks as a tuple of ints, each checked like :meth:`check_layer`."""
+        values = tuple(int(layer) for layer in layers)
+        if not values and not allow_empty:
+            raise ValueError(f"{option} is empty; give at least one vision block "
+                             f"(1..{self.vision_layers})")
+        bad = [layer for layer in values if not 1 <= layer <= self.vision_layers]
+        if bad:
+            raise ValueError(f"{option} {bad} out of range 1..{self.vision_layers} for model "
+                             f"{self.name!r}")
+        return values
+
     def encode_image(self, images: Tensor, layers: Sequence[int] = (), vv_from: int | None = None,
                      global_ln_post: bool = True, token_source: str = "proj") -> ImageFeatures:
         """Global embedding and patch tokens of the requested (1-indexed) layers.
@@ -216,13 +237,9 @@ class Backbone(nn.Module):
             token_source: "proj" for ``ln_post(tokens) @ proj`` ([B, N, embed_dim]); "residual"
                 for raw residual-stream tokens before ln_post ([B, N, width], APRIL-GAN).
         """
-        layers = tuple(int(layer) for layer in layers)
-        bad = [layer for layer in layers if not 1 <= layer <= self.vision_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range 1..{self.vision_layers} for "
-                             f"model {self.name!r}")
-        if vv_from is not None and not 1 <= vv_from <= self.vision_layers:
-            raise ValueError(f"vv_from={vv_from} out of range 1..{self.vision_layers}")
+        layers = self.check_layers(layers, "layers", allow_empty=True)
+        if vv_from is not None:
+            self.check_layer(vv_from, "vv_from")
         if token_source not in TOKEN_SOURCES:
             raise ValueError(f"token_source {token_source!r} is not one of "
                              f"{', '.join(TOKEN_SOURCES)}")
