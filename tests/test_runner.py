@@ -39,6 +39,9 @@ def data_dir(tmp_path_factory) -> Path:
     raw = root / "raw"
     write_synthetic_dataset(raw, "synthetic_b", size=64, n_train=1, n_normal=3, n_anomalous=3)
     prepare("synthetic_b", raw, root / "data")
+    write_synthetic_dataset(root / "raw_a", "synthetic_a", size=64, n_train=1, n_normal=2,
+                            n_anomalous=2)
+    prepare("synthetic_a", root / "raw_a", root / "data")
     return root / "data"
 
 
@@ -76,6 +79,7 @@ def test_skip_existing_does_nothing(data_dir, tmp_path):
                 _options(data_dir, tmp_path, skip_existing=True))
     assert [o.status for o in again] == ["skipped"]
     assert again[0].path.stat().st_mtime_ns == before
+    assert again[0].mean == first[0].mean
 
 
 def test_limit_takes_a_stratified_subset_per_category(data_dir, tmp_path):
@@ -137,11 +141,12 @@ def test_cli_reports_unknown_dataset_and_missing_data(data_dir, tmp_path):
     bad = runner.invoke(app, ["run", "-m", "test_colour_deviation", "-p", "none->synthetic_x",
                               "--data-dir", str(data_dir)])
     assert bad.exit_code == 1 and "Unknown dataset 'synthetic_x'" in bad.output
-    missing = runner.invoke(app, ["run", "-m", "test_colour_deviation", "-p", "none->synthetic_a",
+    missing = runner.invoke(app, ["run", "-m", "test_colour_deviation", "-p", "none->mvtec",
                                   "--data-dir", str(data_dir), "--output-dir", str(tmp_path),
                                   "--pretrained", "none", "--backbone", "zsbench-tiny",
                                   "--image-size", "56"])
-    assert missing.exit_code == 1 and "synthetic_a" in missing.output
+    assert missing.exit_code == 1 and "mvtec" in missing.output
+    assert "zsbench data prepare" in missing.output
 
 
 def test_predict_contract_of_the_test_method():
@@ -151,3 +156,44 @@ def test_predict_contract_of_the_test_method():
                                                                           image_size=56))
     scores, maps = m.predict(torch.randn(2, 3, 56, 56), ["object"] * 2)
     assert scores.shape == (2,) and maps.shape == (2, 56, 56)
+
+
+def test_skip_existing_reruns_an_invalid_result(data_dir, tmp_path):
+    first = run("test_colour_deviation", "none->synthetic_b", TINY, _options(data_dir, tmp_path))
+    first[0].path.write_text("{broken")
+    again = run("test_colour_deviation", "none->synthetic_b", TINY,
+                _options(data_dir, tmp_path, skip_existing=True))
+    assert [o.status for o in again] == ["written"]
+    assert read_result(again[0].path)["metrics"]["mean"]["pixel_auroc"] > 0.8
+
+
+def test_cli_train_evaluate_and_import_checkpoint(data_dir, tmp_path):
+    from tests.test_checkpoint_import import upstream_state, write
+    from zsbench.cli import app
+
+    runner = CliRunner()
+    common = ["--backbone", "zsbench-tiny", "--pretrained", "none", "--image-size", "56"]
+    trained = runner.invoke(app, ["train", "-m", "anomalyclip", "-p", "synthetic_a->synthetic_b",
+                                  "--data-dir", str(data_dir), "-o", str(tmp_path / "ckpt"),
+                                  "--epochs", "1", "--device", "cpu", *common])
+    assert trained.exit_code == 0, trained.output
+    checkpoint = next((tmp_path / "ckpt").rglob("epoch_001.pt"))
+    assert f"trained on synthetic_a: {checkpoint}" in trained.output.replace("\n", "")
+
+    evaluated = runner.invoke(app, ["evaluate", "--checkpoint", str(checkpoint), "-p",
+                                    "synthetic_a->synthetic_b", "--data-dir", str(data_dir),
+                                    "-o", str(tmp_path / "res"), "--resolution", "64",
+                                    "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    result = read_result(next((tmp_path / "res").rglob("synthetic_b.json")))
+    assert result["checkpoint"]["path"] == str(checkpoint)
+    assert result["trained_on"] == ["synthetic_a"]
+
+    upstream = write(tmp_path / "epoch_15.pth", upstream_state())
+    imported = runner.invoke(app, ["import-checkpoint", str(upstream), "-m", "anomalyclip",
+                                   "--out", str(tmp_path / "imported.pt"), *common[:4]])
+    assert imported.exit_code == 0, imported.output
+    assert (tmp_path / "imported.pt").is_file()
+    missing = runner.invoke(app, ["import-checkpoint", str(tmp_path / "nope.pth"), "-m",
+                                  "anomalyclip", "--out", str(tmp_path / "x.pt")])
+    assert missing.exit_code == 1 and "nope.pth" in missing.output

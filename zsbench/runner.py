@@ -22,7 +22,14 @@ from zsbench.method import AnomalyMethod, build_method, config_hash, config_to_d
 from zsbench.protocols import Protocol, resolve_protocol
 from zsbench.provenance import provenance, sha256_file
 from zsbench.registry import ADAPTERS, METHODS
-from zsbench.results import SCHEMA_VERSION, protocol_slug, result_path, write_result
+from zsbench.results import (
+    SCHEMA_VERSION,
+    ResultValidationError,
+    protocol_slug,
+    read_result,
+    result_path,
+    write_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,17 @@ class TargetOutcome:
     path: Path
     status: str  # "written" or "skipped"
     mean: dict[str, float | None] = field(default_factory=dict)
+
+
+def _existing_mean(path: Path) -> dict[str, float | None] | None:
+    """The mean metrics of a valid existing result, or None (missing or invalid: run again)."""
+    if not path.exists():
+        return None
+    try:
+        return read_result(path)["metrics"]["mean"]
+    except ResultValidationError as err:
+        logger.warning("re-running: %s", err)
+        return None
 
 
 def _load_target(name: str, data_dir: Path, split: str = "test") -> tuple[Any, str, str]:
@@ -156,11 +174,12 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
 
     for train_sets, targets in groups.items():
         paths = {t: result_path(options.output_dir, name, chash, protocol.id, t) for t in targets}
-        todo = [t for t in targets if not (options.skip_existing and paths[t].exists())]
+        existing = {t: _existing_mean(paths[t]) for t in targets} if options.skip_existing else {}
+        todo = [t for t in targets if existing.get(t) is None]
         for t in targets:
             if t not in todo:
                 logger.info("skipping %s: %s exists", t, paths[t])
-                outcomes.append(TargetOutcome(t, paths[t], "skipped"))
+                outcomes.append(TargetOutcome(t, paths[t], "skipped", existing[t]))
         if not todo:
             continue
         _seed_everything(protocol.seed)

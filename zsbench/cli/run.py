@@ -47,10 +47,12 @@ def _train_overrides(epochs: int | None, lr: float | None, train_batch_size: int
 
 
 def _report(outcomes: list) -> None:
-    print_table("results", ["target", "status", "image AUROC", "pixel AUROC", "AUPRO", "file"],
+    print_table("results (%)", ["target", "status", "image AUROC", "pixel AUROC", "AUPRO"],
                 ([o.target, o.status, _pct(o.mean.get("image_auroc")),
-                  _pct(o.mean.get("pixel_auroc")), _pct(o.mean.get("aupro")), str(o.path)]
+                  _pct(o.mean.get("pixel_auroc")), _pct(o.mean.get("aupro"))]
                  for o in outcomes))
+    for o in outcomes:
+        console.print(f"{o.target}: {o.path}", highlight=False, soft_wrap=True)
 
 
 def _pct(v: float | None) -> str | None:
