@@ -197,3 +197,20 @@ def test_cli_train_evaluate_and_import_checkpoint(data_dir, tmp_path):
     missing = runner.invoke(app, ["import-checkpoint", str(tmp_path / "nope.pth"), "-m",
                                   "anomalyclip", "--out", str(tmp_path / "x.pt")])
     assert missing.exit_code == 1 and "nope.pth" in missing.output
+
+
+def test_cli_without_weights_offline_fails_fast_with_instructions(data_dir, tmp_path,
+                                                                 monkeypatch):
+    from zsbench.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(app, ["run", "-m", "clip", "-p", "none->synthetic_b",
+                                      "--data-dir", str(data_dir), "-o", str(tmp_path)])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "Cannot get the 'ViT-L-14-336-quickgelu' weights for tag 'openai'" in text
+    assert "--pretrained /path/to/file" in text
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.rglob("*.json"))

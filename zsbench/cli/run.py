@@ -65,17 +65,24 @@ def _device(device: str | None) -> str:
     return device or default_device()
 
 
-def _run_library(method: str, protocol: str, overrides: dict, options) -> list:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input or environment: printed as one message, no trace."""
     from zsbench.adapter import DatasetLayoutError
+    from zsbench.backbone import WeightsUnavailableError
     from zsbench.protocols import ProtocolError
     from zsbench.registry import UnknownNameError
 
+    return (UnknownNameError, ProtocolError, DatasetLayoutError, WeightsUnavailableError,
+            FileNotFoundError, ValueError, KeyError)
+
+
+def _run_library(method: str, protocol: str, overrides: dict, options) -> list:
+    from zsbench.runner import run
+
     try:
         with ProgressBars() as bars:
-            return __import__("zsbench.runner", fromlist=["run"]).run(
-                method, protocol, overrides, options, progress=bars)
-    except (UnknownNameError, ProtocolError, DatasetLayoutError, FileNotFoundError,
-            ValueError, KeyError) as err:
+            return run(method, protocol, overrides, options, progress=bars)
+    except _user_errors() as err:
         fail(str(err))
 
 
@@ -154,8 +161,6 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Resume from the newest epoch."),
     ) -> None:
         """Train a method on a protocol's auxiliary data only; prints the checkpoint path."""
-        from zsbench.protocols import ProtocolError
-        from zsbench.registry import UnknownNameError
         from zsbench.runner import train_only
 
         try:
@@ -166,7 +171,7 @@ def register(app: typer.Typer) -> None:
                                    device=_device(device), resume=resume,
                                    train_overrides=_train_overrides(epochs, lr, train_batch_size),
                                    progress=bars)
-        except (UnknownNameError, ProtocolError, FileNotFoundError, ValueError) as err:
+        except _user_errors() as err:
             fail(str(err))
         for train_sets, path in paths.items():
             console.print(f"trained on {'+'.join(train_sets)}: {path}", highlight=False)
@@ -193,7 +198,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             method, config = checkpoint_method(checkpoint)
-        except (FileNotFoundError, KeyError, ValueError) as err:
+        except _user_errors() as err:
             fail(str(err))
         options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
                              batch_size=batch_size, limit=limit, resolution=resolution,
@@ -219,7 +224,7 @@ def register(app: typer.Typer) -> None:
         try:
             path = import_checkpoint(method, file, out,
                                      _method_overrides(sets, backbone, pretrained, None))
-        except (KeyError, ValueError, FileNotFoundError) as err:
+        except _user_errors() as err:
             fail(str(err))
         console.print(f"wrote {path}; evaluate with: zsbench evaluate --checkpoint {path} "
                       f"--protocol 'visa->mvtec'", highlight=False)
