@@ -1,24 +1,31 @@
-"""Evaluator throughput against a plain per-image loop, on the same model and data, in one run.
+"""Evaluator throughput against a per-image loop as upstream test scripts run it, in one run.
 
-The reference loop is what upstream test scripts do: one image at a time (batch 1), decode and
-transform in the loop, predict, move the map to numpy, smooth nothing more, keep Python lists,
-then compute the metrics at the end with scikit-learn per category. The evaluator batches,
-decodes in the DataLoader, keeps float16 maps per category and uses zsbench.metrics.
+The reference follows the test scripts of AnomalyCLIP/APRIL-GAN: one image at a time (batch 1),
+decode and transform in the loop, predict, upsample, move the map to numpy and smooth it with
+``scipy.ndimage.gaussian_filter`` per image, keep Python lists, then per category compute pixel
+AUROC and image AUROC/AP with scikit-learn and the legacy AUPRO with its 200-threshold loop. The
+evaluator batches, decodes in DataLoader workers, smooths on the tensor, keeps float16 maps per
+category and computes all eight zsbench metrics (exact AUPRO and the legacy one) from one sort.
+Both use the same model and produce the same maps (the pixel AUROC columns must agree).
 
     python benchmarks/bench_eval.py                 # tiny config and ViT-B-16 @ 224, CPU
-    python benchmarks/bench_eval.py --configs tiny --images 16
+    python benchmarks/bench_eval.py --configs tiny --images 4
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from zsbench.evaluate import EvalSettings, evaluate_dataset
@@ -26,14 +33,18 @@ from zsbench.method import build_method
 from zsbench.preprocess import image_to_tensor, mask_to_tensor
 from zsbench.synthetic import synthetic_records
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_metrics import legacy_loop  # noqa: E402  (the plain 200-threshold AUPRO loop)
+
 CONFIGS = {
     "tiny": {"backbone": "zsbench-tiny", "pretrained": None, "image_size": 112},
     "vit-b-16": {"backbone": "ViT-B-16", "pretrained": None, "image_size": 224},
 }
+SIGMA = 4.0
 
 
-def per_image_loop(method, records, resolution: int) -> tuple[float, dict[str, float]]:
-    """The upstream-style reference: batch 1, everything per image in Python."""
+def per_image_loop(method, records, resolution: int) -> tuple[float, float, float]:
+    """The upstream-style reference; returns (inference seconds, total seconds, pixel AUROC)."""
     start = time.perf_counter()
     by_cat: dict[str, dict[str, list]] = {}
     bb = method.backbone
@@ -43,56 +54,70 @@ def per_image_loop(method, records, resolution: int) -> tuple[float, dict[str, f
         mask = None if row["mask"] is None else Image.open(io.BytesIO(row["mask"]["bytes"]))
         gt = mask_to_tensor(mask, resolution).numpy()
         with torch.no_grad():
-            score, amap = method.predict(x, [row["prompt_name"]])
+            score, amap = method.predict(x, [row["prompt_name"]])  # method built with sigma 0
         amap = torch.nn.functional.interpolate(amap[None], size=(resolution, resolution),
                                                mode="bilinear", align_corners=False)[0, 0]
+        amap = gaussian_filter(amap.numpy(), sigma=SIGMA)
         d = by_cat.setdefault(row["category"], {"labels": [], "scores": [], "maps": [],
                                                 "masks": []})
         d["labels"].append(row["label"])
         d["scores"].append(float(score))
-        d["maps"].append(amap.numpy().tolist())  # upstream keeps Python lists of arrays
+        d["maps"].append(amap)
         d["masks"].append(gt)
+    inference = time.perf_counter() - start
     aurocs = []
     for d in by_cat.values():
-        maps, masks = np.array(d["maps"]).ravel(), np.array(d["masks"]).ravel()
-        aurocs.append(roc_auc_score(masks, maps))
-        average_precision_score(masks, maps)
+        maps, masks = np.array(d["maps"]), np.array(d["masks"])
+        aurocs.append(roc_auc_score(masks.ravel(), maps.ravel()))
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # upstream's loop on empty slices
+            legacy_loop(masks, maps)
         roc_auc_score(d["labels"], d["scores"])
         average_precision_score(d["labels"], d["scores"])
-    return time.perf_counter() - start, {"pixel_auroc": float(np.mean(aurocs))}
+    return inference, time.perf_counter() - start, float(np.mean(aurocs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="clip")
+    parser.add_argument("--method", default="clip", help="a method with a 'sigma' option")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--images", type=int, default=8, help="normal and anomalous images "
                         "per category (3 categories)")
-    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="evaluation resolution (default: each config's input size, so "
+                             "both sides smooth the same maps)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    torch.manual_seed(0)
     records = synthetic_records("synthetic_b", size=256, n_normal=args.images,
                                 n_anomalous=args.images)
     dataset = Dataset.from_list(records)
     n = len(records)
-    print(f"method {args.method}, {n} images of 256 px, evaluation at {args.resolution} px, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'config':<10} {'evaluator img/s':>16} {'per-image loop img/s':>21} {'speed-up':>9} "
-          f"{'pixel AUROC (ours / loop)':>27}")
+    print(f"method {args.method}, {n} images of 256 px, torch threads "
+          f"{torch.get_num_threads()}, DataLoader workers {args.workers}")
+    print(f"{'config':<9} {'':>14} {'evaluator':>10} {'per-image loop':>15} {'speed-up':>9}")
     for name in args.configs:
-        method = build_method(args.method, CONFIGS[name])
-        settings = EvalSettings(resolution=args.resolution, batch_size=args.batch_size,
+        torch.manual_seed(0)
+        method = build_method(args.method, {**CONFIGS[name], "sigma": SIGMA})
+        torch.manual_seed(0)
+        unsmoothed = build_method(args.method, {**CONFIGS[name], "sigma": 0.0})
+        unsmoothed.load_state_dict(method.state_dict())
+        resolution = args.resolution or CONFIGS[name]["image_size"]
+        settings = EvalSettings(resolution=resolution, batch_size=args.batch_size,
                                 num_workers=args.workers)
         evaluate_dataset(method, dataset.select(range(4)), settings)  # warm-up
         t0 = time.perf_counter()
         ours = evaluate_dataset(method, dataset, settings)
         t_ours = time.perf_counter() - t0
-        per_image_loop(method, records[:4], args.resolution)  # warm-up
-        t_loop, loop_metrics = per_image_loop(method, records, args.resolution)
-        print(f"{name:<10} {n / t_ours:>16.1f} {n / t_loop:>21.1f} {t_loop / t_ours:>8.1f}x "
-              f"{ours.mean['pixel_auroc']:>13.4f} / {loop_metrics['pixel_auroc']:.4f}")
+        per_image_loop(unsmoothed, records[:2], resolution)  # warm-up
+        t_infer, t_loop, loop_auroc = per_image_loop(unsmoothed, records, resolution)
+        ours_infer = n / ours.images_per_s
+        print(f"{name} at {resolution} px")
+        print(f"{'':<9} {'inference img/s':>14} {n / ours_infer:>10.1f} {n / t_infer:>15.1f} "
+              f"{t_infer / ours_infer:>8.1f}x")
+        print(f"{'':<9} {'end-to-end img/s':>14} {n / t_ours:>10.1f} {n / t_loop:>15.1f} "
+              f"{t_loop / t_ours:>8.1f}x   pixel AUROC {ours.mean['pixel_auroc']:.6f} (ours) / "
+              f"{loop_auroc:.6f} (loop)")
 
 
 if __name__ == "__main__":
