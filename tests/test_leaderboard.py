@@ -356,3 +356,23 @@ def test_serve_returns_the_site(tmp_path: Path) -> None:
         server.server_close()
     with pytest.raises(FileNotFoundError, match="no index.html"):
         make_server(tmp_path, port=0)
+
+
+def test_synthetic_datasets_do_not_enter_means_when_real_ones_exist():
+    from zsbench.leaderboard.site_data import build_site_data
+
+    real = make_result("winclip", "mvtec", {"bottle": {"image_auroc": 0.8}})
+    synthetic = make_result("winclip", "synthetic_b", {"a": {"image_auroc": 0.2}},
+                            domain="synthetic")
+    demo_only = make_result("tps", "synthetic_b", {"a": {"image_auroc": 0.9}},
+                            domain="synthetic", trained_on=(), protocol="none->synthetic_b")
+    data = build_site_data([real, synthetic, demo_only], [])
+    rows = {row["label"]: row["id"] for row in data["rows"]}
+    summary = data["summary"]["image_auroc"]
+    assert len(rows) == 2  # winclip covers mvtec and synthetic_b in one row
+    assert summary[rows["winclip"]]["mean"] == pytest.approx(80.0)
+    assert summary[rows["winclip"]]["count"] == 1
+    assert summary[rows["tps"]]["mean"] is None and summary[rows["tps"]]["count"] == 0
+    only_synthetic = build_site_data([synthetic], [])
+    only_summary = only_synthetic["summary"]["image_auroc"]
+    assert next(iter(only_summary.values()))["mean"] == pytest.approx(20.0)

@@ -26,8 +26,8 @@ DEMO_BACKBONE = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": 1
 DEMO_RESOLUTION = 112
 #: per-method config overrides that keep the demo within minutes on two CPU cores
 DEMO_METHOD_OVERRIDES: dict[str, dict[str, Any]] = {"anovl": {"tta_steps": 1}}
-REAL_WEIGHTS_COMMAND = ('zsbench run --method anomalyclip --protocol paper --data-dir data '
-                        '# ViT-L-14-336-quickgelu, pretrained "openai", 518 px')
+REAL_WEIGHTS_COMMAND = ("zsbench data prepare mvtec --raw DIR --out data   # and visa, ...\n"
+                        "  zsbench run --method anomalyclip --protocol paper --data-dir data")
 
 
 @dataclass

@@ -9,6 +9,7 @@ says where the weights come from and how to pass a local copy.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
@@ -18,7 +19,7 @@ import threading
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -278,6 +279,24 @@ def _file_normalisation(name: str) -> dict[str, Any]:
     return {}
 
 
+class _RandomInitNoticeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    """Drop open_clip's root-logger warning for a model built without weights: zsbench always
+    builds the model empty and loads the weights itself, so the notice would be misleading."""
+    notice = _RandomInitNoticeFilter()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def init_random_vision_tower(model: torch.nn.Module) -> None:
     """Give a random vision tower the scaled init open_clip uses for its text tower.
 
@@ -325,11 +344,13 @@ def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
     weights_path, tag_config = resolve_weights(name, pretrained)
     normalisation = ({k: tag_config[k] for k in ("mean", "std") if k in tag_config}
                      if tag_config else _file_normalisation(name))
-    model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu",
-                                   force_preprocess_cfg=normalisation or None)
+    with _without_random_init_notice():
+        model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu",
+                                       force_preprocess_cfg=normalisation or None)
     weights_sha256 = None
     if weights_path is None:
         init_random_vision_tower(model)
+        logger.info("%s: random weights (scaled vision init)", name)
     else:
         load_weights_file(model, weights_path)
         weights_sha256 = file_sha256(weights_path)

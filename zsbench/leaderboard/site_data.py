@@ -38,6 +38,13 @@ class Summary:
     count: int
 
 
+def summary_datasets(datasets: Sequence[dict[str, Any]]) -> list[str]:
+    """The dataset ids that means and ranks use: the real (non-synthetic) ones when any are
+    present, so smoke runs on synthetic data never compete with benchmark results."""
+    real = [d["id"] for d in datasets if d.get("domain") != "synthetic"]
+    return real or [d["id"] for d in datasets]
+
+
 def summarize(rows: Sequence[dict[str, Any]], metric: str,
               dataset_ids: Iterable[str]) -> dict[str, Summary]:
     """Mean value and mean rank per row id for ``metric`` over ``dataset_ids``.
@@ -196,7 +203,8 @@ def _dataset_list(rows: Sequence[dict[str, Any]], extra_domains: dict[str, str])
 def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[ReportedValue],
                     problems: Sequence[str] = (), gallery: Sequence[dict] = ()) -> dict[str, Any]:
     """Assemble the page's data: datasets, metrics, rows with provenance, default summaries
-    (over every dataset), reproduced-vs-reported comparisons, drill-down, gallery, skipped files."""
+    (over :func:`summary_datasets`), reproduced-vs-reported comparisons, drill-down, gallery,
+    skipped files."""
     problems = list(problems)
     reported_rows, reported_drill = _reported_rows(reported)
     reproduced_rows, reproduced_drill, domains = _reproduced_rows(results, problems)
@@ -206,9 +214,9 @@ def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[Report
     extra = sorted({m for row in rows for m in row["cells"]} - set(metric_ids))
     metrics = [{"id": m, "label": label} for m, label in METRICS]
     metrics += [{"id": m, "label": m.replace("_", " ")} for m in extra]
-    all_ids = [d["id"] for d in datasets]
+    ranked_ids = summary_datasets(datasets)
     summary = {m["id"]: {row_id: s.__dict__ for row_id, s in
-                         summarize(rows, m["id"], all_ids).items()} for m in metrics}
+                         summarize(rows, m["id"], ranked_ids).items()} for m in metrics}
     drill: dict[str, list[dict]] = {}
     for entry in reported_drill + reproduced_drill:
         drill.setdefault(entry["dataset"], []).append(entry)

@@ -205,7 +205,10 @@
     const rows = candidates.filter(function (r) {
       return ids.some(function (d) { return T.visibleValue(r, metric, d, state.trained) !== null; });
     });
-    const summary = T.summarize(rows, metric, ids, state.trained);
+    /* means and ranks use real datasets when any are shown (mirrors site_data.summary_datasets) */
+    const realIds = columns.filter(function (d) { return d.domain !== "synthetic"; })
+      .map(function (d) { return d.id; });
+    const summary = T.summarize(rows, metric, realIds.length ? realIds : ids, state.trained);
     const sorted = T.sortRows(rows, state.sort, state.dir, metric, summary, state.trained);
     const table = clear($("leaderboard"));
     $("table-caption").textContent = metricLabel(metric) + " (%) \u2014 " + sorted.length +
