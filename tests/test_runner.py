@@ -214,3 +214,11 @@ def test_cli_without_weights_offline_fails_fast_with_instructions(data_dir, tmp_
     assert "--pretrained /path/to/file" in text
     assert "Traceback" not in result.output
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_python_api_accepts_string_paths(data_dir, tmp_path):
+    options = RunOptions(data_dir=str(data_dir), output_dir=str(tmp_path), device="cpu",
+                         resolution=64, train_overrides={"epochs": 1})
+    outcomes = run("anomalyclip", "synthetic_a->synthetic_b", TINY, options)
+    assert [o.status for o in outcomes] == ["written"]
+    assert (tmp_path / "checkpoints").is_dir()

@@ -59,6 +59,12 @@ class RunOptions:
     resume: bool = False
     train_overrides: dict[str, Any] = field(default_factory=dict)  # epochs, lr, batch_size, ...
 
+    def __post_init__(self) -> None:
+        for name in ("data_dir", "output_dir", "checkpoint_dir", "checkpoint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+
 
 @dataclass
 class TargetOutcome:
