@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.method_fixtures import SIZE, TINY
 from zsbench.anomaly_maps import gaussian_smooth, patch_probability_map, text_probabilities
-from zsbench.backbone import Backbone, load_backbone
+from zsbench.backbone import Backbone
 from zsbench.losses import segmentation_loss
 from zsbench.method import build_method, describe_method
 from zsbench.methods.anomalyclip import AnomalyCLIP
-
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,13 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from zsbench.backbone import Backbone, load_backbone
+from tests.method_fixtures import SIZE, TINY
+from zsbench.backbone import Backbone
 from zsbench.method import build_method
 from zsbench.methods.april_gan import AprilGan, AprilGanConfig
 from zsbench.preprocess import AnomalyImageDataset
 from zsbench.prompt_ensembles import APRIL_GAN_TEMPLATES, WINCLIP_APRIL_GAN, ClassTextCache
 from zsbench.synthetic import synthetic_records
-
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")

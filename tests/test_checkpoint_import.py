@@ -8,20 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsbench.backbone import Backbone, load_backbone
+from tests.method_fixtures import SIZE, TINY
+from zsbench.backbone import Backbone
 from zsbench.checkpoint_import import import_checkpoint
 from zsbench.method import build_method
 from zsbench.methods.anomalyclip import AnomalyCLIP
 from zsbench.train import load_method_from_checkpoint, read_checkpoint_metadata
-
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 def upstream_state(width: int = 32, seed: int = 7) -> OrderedDict[str, torch.Tensor]:

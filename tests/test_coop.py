@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zsbench.backbone import Backbone, load_backbone
+from tests.method_fixtures import SIZE, TINY
+from zsbench.backbone import Backbone
 from zsbench.method import build_method
 from zsbench.methods.cocoop import CoCoOp
 from zsbench.methods.coop import CoOp
-
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")

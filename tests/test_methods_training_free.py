@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zsbench.backbone import Backbone, load_backbone
+from tests.method_fixtures import SIZE, TINY
+from zsbench.backbone import Backbone
 from zsbench.method import AnomalyMethod, build_method
 from zsbench.methods import anovl, clip, clip_ac, winclip
 from zsbench.prompt_ensembles import (
@@ -24,15 +25,7 @@ from zsbench.prompt_ensembles import (
     encode_prompts,
 )
 
-SIZE = 56  # 4x4 patch grid
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
 NAMES = ["object", "object"]
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,17 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.method_fixtures import SIZE, trainer_batch
+from tests.method_fixtures import TINY as TINY_BACKBONE
 from zsbench.anomaly_maps import patch_probability_map
-from zsbench.backbone import Backbone, load_backbone
+from zsbench.backbone import Backbone
 from zsbench.method import build_method, describe_method
 from zsbench.methods.tps import TPS, Pathway
-from zsbench.preprocess import AnomalyImageDataset
 from zsbench.prompt_scoring import pixel_anomaly_map
 from zsbench.synthetic import synthetic_records
 from zsbench.train import TrainConfig, train_method
 
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE, "pathway_heads": 4}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
+TINY = {**TINY_BACKBONE, "pathway_heads": 4}
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> TPS:
@@ -41,12 +35,7 @@ def batch(backbone: Backbone) -> dict[str, object]:
     records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
                if r["source_path"] in ("granite/test/good/000.png", "granite/test/blob/000.png")]
     assert [r["label"] for r in records] == [0, 1]
-    dataset = AnomalyImageDataset(Dataset.from_list(records), SIZE, backbone.mean, backbone.std)
-    items = [dataset[i] for i in range(len(dataset))]
-    return {"image": torch.stack([item["image"] for item in items]),
-            "mask": torch.stack([item["mask"] for item in items]),
-            "label": torch.tensor([item["label"] for item in items]),
-            "class_name": [item["class_name"] for item in items]}
+    return trainer_batch(records, backbone)
 
 
 def test_registered_with_prompts() -> None:

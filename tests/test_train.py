@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from zsbench.backbone import Backbone, load_backbone
+from tests.method_fixtures import SIZE, TINY
+from zsbench.backbone import Backbone
 from zsbench.method import AnomalyMethod, MethodInfo, Prediction, build_method, config_hash
 from zsbench.synthetic import synthetic_records
 from zsbench.train import (
@@ -19,15 +20,6 @@ from zsbench.train import (
     save_checkpoint,
     train_method,
 )
-
-SIZE = 56
-TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return load_backbone("zsbench-tiny", None, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""Shared pieces of the method tests: the tiny backbone at a small size and trainer batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from zsbench.backbone import Backbone, load_backbone
+from zsbench.preprocess import AnomalyImageDataset
+
+SIZE = 56  # a 4x4 patch grid on zsbench-tiny (patch 14)
+TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
+
+
+def tiny_backbone(size: int = SIZE) -> Backbone:
+    """The random-weight ``zsbench-tiny`` backbone, the same weights every call (seed 0)."""
+    torch.manual_seed(0)
+    return load_backbone("zsbench-tiny", None, image_size=size)
+
+
+def trainer_batch(records: Sequence[dict[str, Any]], backbone: Backbone, size: int = SIZE
+                  ) -> dict[str, Any]:
+    """Unified records collated as the trainer feeds them to ``method.loss``."""
+    dataset = AnomalyImageDataset(Dataset.from_list(list(records)), size, backbone.mean,
+                                  backbone.std)
+    items = [dataset[i] for i in range(len(dataset))]
+    return {"image": torch.stack([item["image"] for item in items]),
+            "mask": torch.stack([item["mask"] for item in items]),
+            "label": torch.tensor([item["label"] for item in items]),
+            "class_name": [item["class_name"] for item in items]}
