@@ -120,10 +120,8 @@ class AnomalyCLIP(AnomalyMethod):
 
     def _probability_maps(self, images: Tensor, patch_tokens: Sequence[Tensor], text: Tensor
                           ) -> list[Tensor]:
-        grid = (images.shape[-2] // self.backbone.patch_size,
-                images.shape[-1] // self.backbone.patch_size)
-        return layer_probability_maps(patch_tokens, text, grid, images.shape[-1],
-                                      self.config.temperature)
+        return layer_probability_maps(patch_tokens, text, self.backbone.patch_grid(images),
+                                      images.shape[-1], self.config.temperature)
 
     # -- scores ---------------------------------------------------------------------------------
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:

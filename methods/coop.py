@@ -100,10 +100,8 @@ class CoOp(AnomalyMethod):
 
     def _probability_maps(self, images: Tensor, patch_tokens: Sequence[Tensor], text: Tensor
                           ) -> list[Tensor]:
-        grid = (images.shape[-2] // self.backbone.patch_size,
-                images.shape[-1] // self.backbone.patch_size)
-        return layer_probability_maps(patch_tokens, text, grid, images.shape[-1],
-                                      self.config.temperature)
+        return layer_probability_maps(patch_tokens, text, self.backbone.patch_grid(images),
+                                      images.shape[-1], self.config.temperature)
 
     def _check_class_names(self, images: Tensor, class_names: Sequence[str]) -> list[str]:
         names = [class_names] if isinstance(class_names, str) else list(class_names)

@@ -244,8 +244,7 @@ class FAPrompt(AnomalyMethod):
     def probability_maps(self, out: FAPromptForward, images: Tensor, size: int
                          ) -> tuple[Tensor, Tensor]:
         """Static and DAP maps ``[B, 2, size, size]`` (normal, abnormal)."""
-        grid = (images.shape[-2] // self.backbone.patch_size,
-                images.shape[-1] // self.backbone.patch_size)
+        grid = self.backbone.patch_grid(images)
         return (upsample(tokens_to_grid(out.static_probs, grid), size),
                 upsample(tokens_to_grid(out.dap_probs, grid), size))
 

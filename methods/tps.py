@@ -205,10 +205,6 @@ class TPS(AnomalyMethod):
                                                   global_ln_post=self.config.global_ln_post)
         return features.global_embedding, features.patch_tokens
 
-    def patch_grid(self, images: Tensor) -> tuple[int, int]:
-        return (images.shape[-2] // self.backbone.patch_size,
-                images.shape[-1] // self.backbone.patch_size)
-
     def layer_probability_maps(self, patch_tokens: dict[int, Tensor], global_text: Tensor,
                                shunt_text: Tensor, grid: tuple[int, int], size: int,
                                use_pathway: bool) -> list[Tensor]:
@@ -234,7 +230,7 @@ class TPS(AnomalyMethod):
         image_scores = text_probabilities(global_embedding, global_text,
                                           self.config.temperature)[:, 1]
         maps = self.layer_probability_maps(patch_tokens, global_text, shunt_text,
-                                           self.patch_grid(images), images.shape[-1],
+                                           self.backbone.patch_grid(images), images.shape[-1],
                                            use_pathway=not self.config.drop_pathway_at_test)
         return Prediction(image_scores,
                           pixel_anomaly_map(maps, [1.0] * len(maps), self.config.sigma))
@@ -247,7 +243,7 @@ class TPS(AnomalyMethod):
         global_probs = text_probabilities(global_embedding, global_text, self.config.temperature)
         parts = {"image_ce": image_cross_entropy(global_probs, labels, are_logits=False)}
         maps = self.layer_probability_maps(patch_tokens, global_text, shunt_text,
-                                           self.patch_grid(images), mask.shape[-1],
+                                           self.backbone.patch_grid(images), mask.shape[-1],
                                            use_pathway=True)
         for layer, prob_map in zip(self.layers, maps, strict=True):
             parts[f"seg_layer{layer}"] = segmentation_loss(prob_map, mask)

@@ -158,20 +158,24 @@ class Backbone(nn.Module):
             self._positional_cache[key] = resized
         return resized
 
-    def _embed_image(self, images: Tensor) -> Tensor:
-        """Patch embedding + CLS + positional embedding + ln_pre -> ``[B, 1 + N, width]``."""
+    def patch_grid(self, images: Tensor) -> tuple[int, int]:
+        """The ``(rows, columns)`` patch grid of an ``[B, 3, H, W]`` batch."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size "
                              f"{self.patch_size} of model {self.name!r}")
+        return height // self.patch_size, width // self.patch_size
+
+    def _embed_image(self, images: Tensor) -> Tensor:
+        """Patch embedding + CLS + positional embedding + ln_pre -> ``[B, 1 + N, width]``."""
+        grid = self.patch_grid(images)
         visual = self.model.visual
         x = visual.conv1(images)
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        grid = (height // self.patch_size, width // self.patch_size)
         x = x + self.positional_embedding(grid).to(x.dtype)
         return visual.ln_pre(x)
 
