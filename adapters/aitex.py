@@ -73,6 +73,7 @@ def defect_type_of(stem: str) -> str:
 class AITEXAdapter(DatasetAdapter):
     """AITEX fabric: defect images with (merged) masks, and defect-free rolls."""
 
+    option_types = {"strict": bool}
     info = DatasetInfo(
         name="aitex",
         title="AITEX Fabric Image Database",

@@ -6,6 +6,10 @@ line is ``1``, then one row per image: id, defect flag (0/1), image file, 0, mas
 Labels come from ``Labels.txt``; the split is the source's (``Train`` -> "train",
 ``Test`` -> "test"). Images on disk that ``Labels.txt`` does not list, and masks no row names,
 are warnings naming the files; a listed image that is missing is an error.
+
+Without ``Label/Labels.txt`` (copies that dropped it), labels come from the masks alone, as
+the upstream preparation scripts derive them: an image is defective iff ``Label/`` holds its
+mask ``<stem>_label.<ext>``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import ClassVar
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.layout_search import find_layout
 from zsbench.adapters.mvtec import name_files, parse_categories
-from zsbench.raw_files import list_images, relative_posix, require_dir, require_file
+from zsbench.raw_files import (
+    list_images,
+    pair_by_stem,
+    relative_posix,
+    require_dir,
+    require_file,
+)
 from zsbench.registry import register_adapter
 
 logger = logging.getLogger(__name__)
@@ -100,6 +110,9 @@ class DAGMAdapter(DatasetAdapter):
 
     def split_records(self, root: Path, category: str, split_dir: Path,
                       split: str) -> Iterator[RawRecord]:
+        if not (split_dir / "Label" / "Labels.txt").is_file():
+            yield from self.mask_derived_records(root, category, split_dir, split)
+            return
         labels_file = require_file(split_dir, "Label/Labels.txt", "dagm")
         labels = parse_labels_txt(labels_file)
         missing = [split_dir / lab.image for lab in labels if not (split_dir / lab.image).is_file()]
@@ -130,3 +143,25 @@ class DAGMAdapter(DatasetAdapter):
                             source_path=relative_posix(image, root), image=image,
                             mask=mask if mask is not None and mask.is_file() else None,
                             defect_type="defect" if lab.defective else "good")
+
+    def mask_derived_records(self, root: Path, category: str, split_dir: Path,
+                             split: str) -> Iterator[RawRecord]:
+        """Records of a split folder without ``Labels.txt``: defective iff a mask exists."""
+        images = list_images(split_dir)
+        if not images:
+            raise DatasetLayoutError(f"dagm: {split_dir} holds neither Label/Labels.txt nor "
+                                     "images")
+        label_dir = split_dir / "Label"
+        masks = list_images(label_dir) if label_dir.is_dir() else []
+        pairs, _, strays = pair_by_stem(images, masks, "dagm",
+                                        mask_key=lambda stem: stem.removesuffix("_label"))
+        logger.info("dagm: %s has no Label/Labels.txt; %d of %d images are defective by their "
+                    "masks", split_dir, len(pairs), len(images))
+        if strays:
+            logger.warning("dagm: %d masks without an image in %s (ignored): %s", len(strays),
+                           label_dir, name_files(strays, root))
+        for image in images:
+            mask = pairs.get(image)
+            yield RawRecord(category=category, label=int(mask is not None), split=split,
+                            source_path=relative_posix(image, root), image=image, mask=mask,
+                            defect_type="defect" if mask is not None else "good")

@@ -76,6 +76,7 @@ class ImageMaskFoldersAdapter(DatasetAdapter):
     wins), ``wrappers`` (folders the pair may sit in) and ``defect_type``; they may override
     :meth:`mask_stem`, :meth:`keep_image` and :meth:`defect_type_of`."""
 
+    option_types: ClassVar[dict[str, type]] = {"strict": bool}
     layouts: ClassVar[tuple[Layout, ...]] = (("images", "masks"),)
     wrappers: ClassVar[tuple[str, ...]] = ("",)
     defect_type: ClassVar[str] = "lesion"

@@ -129,6 +129,7 @@ class MSDLungAdapter(DatasetAdapter):
     Options: ``normal_stride`` (int, default 10), ``normal_margin`` (int, default 5),
     ``strict`` (raise on a volume without a label)."""
 
+    option_types = {"normal_stride": int, "normal_margin": int, "strict": bool}
     info = DatasetInfo(
         name="msd",
         title="Medical Segmentation Decathlon, Task06 Lung (2-D axial slices)",

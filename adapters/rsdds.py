@@ -5,6 +5,10 @@ dataset/`` (128 images, 55x1250, heavy-haul rails), each with ``Rail surface ima
 ``GroundTruth/`` (masks of the same file name). The image folder name is not confirmed:
 ``Rail surface images``, ``images`` and ``Images`` are accepted. Both parts must be present; the
 part is kept in ``extra['rail_type']``.
+
+TPS (``generate_dataset_json/rsdds.py``) reads another copy: ``2D_Image/INPUT_IMG/`` with the
+masks in ``Ground Truth/`` beside ``2D_Image/``, one class and no part; that layout is accepted
+too (no ``rail_type``). Upstream pairs the two sorted listings by index; zsbench by file stem.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.adapters.image_mask_folders import paired_records
-from zsbench.adapters.layout_search import find_layout
+from zsbench.adapters.layout_search import find_layout, resolve_folder
 from zsbench.raw_files import list_images
 from zsbench.registry import register_adapter
 
@@ -23,12 +27,15 @@ logger = logging.getLogger(__name__)
 
 RAIL_TYPES = {"Type-I": "Type-I RSDDs dataset", "Type-II": "Type-II RSDDs dataset"}
 IMAGE_FOLDERS = ("Rail surface images", "images")
+TPS_LAYOUTS = (("2D_Image/INPUT_IMG", "Ground Truth"),
+               ("2D_Image/INPUT_IMG", "2D_Image/Ground Truth"))
 
 
 @register_adapter("rsdds")
 class RSDDsAdapter(DatasetAdapter):
     """RSDDs rails: per part, rail images and ``GroundTruth/`` masks paired by file stem."""
 
+    option_types = {"strict": bool}
     info = DatasetInfo(
         name="rsdds",
         title="RSDDs (Rail Surface Defect Datasets)",
@@ -51,6 +58,10 @@ class RSDDsAdapter(DatasetAdapter):
     def records(self, raw_dir: Path) -> Iterator[RawRecord]:
         raw_dir = Path(raw_dir)
         strict = bool(self.options.get("strict", False))
+        if not any(resolve_folder(base, folder) is not None
+                   for base in (raw_dir, *_subfolders(raw_dir)) for folder in RAIL_TYPES.values()):
+            yield from self.tps_records(raw_dir, strict)
+            return
         for rail_type, folder in RAIL_TYPES.items():
             layouts = tuple((f"{folder}/{images}", f"{folder}/GroundTruth")
                             for images in IMAGE_FOLDERS)
@@ -64,3 +75,24 @@ class RSDDsAdapter(DatasetAdapter):
                 images, list_images(masks_dir), raw_dir, dataset=self.info.name,
                 category="rail", defect_type_of=lambda _: "defect", strict=strict,
                 extra={"rail_type": rail_type})
+
+    def tps_records(self, raw_dir: Path, strict: bool) -> Iterator[RawRecord]:
+        """The TPS copy: ``2D_Image/INPUT_IMG`` + ``Ground Truth`` (one class, no part)."""
+        layouts = (*TPS_LAYOUTS,
+                   *((f"{folder}/{images}", f"{folder}/GroundTruth")
+                     for folder in RAIL_TYPES.values() for images in IMAGE_FOLDERS))
+        match = find_layout(raw_dir, self.info.name, layouts, ("", "RSDDs", "rsdds"))
+        images_dir, masks_dir = match.folders
+        images = list_images(images_dir)
+        if not images:
+            raise DatasetLayoutError(f"rsdds: the images folder {images_dir} holds no images.")
+        logger.info("rsdds: %d images in %s (TPS layout)", len(images), images_dir)
+        yield from paired_records(
+            images, list_images(masks_dir), raw_dir, dataset=self.info.name,
+            category="rail", defect_type_of=lambda _: "defect", strict=strict)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -9,11 +9,19 @@ height into 3 pieces (rows ``[0, h//3)``, ``[h//3, 2h//3)``, ``[2h//3, h)``) and
 piece by its own part of the mask; ``pieces=3`` reproduces that protocol. Pieces are cropped by
 :mod:`zsbench.prepare` (``extra["crop"]``) and stored as PNG; ``extra["piece"]`` keeps the
 piece index in the sample id.
+
+With ``pieces=3`` the split follows AdaCLIP's ``data_preprocess/sdd-pre.py``: the normal pieces,
+listed folder by folder, image by image, piece by piece, go 75 % to "train" and 25 % to "test"
+by ``sklearn.model_selection.train_test_split(test_size=0.25, random_state=42)``, reproduced
+exactly by :func:`adaclip_normal_train` (no sklearn needed); every anomalous piece is "test".
+Upstream lists folders and files with ``os.listdir`` (file-system order, unsorted); zsbench
+lists them sorted by name, the order that upstream gets on file systems that list sorted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -34,6 +42,23 @@ CATEGORY = "electrical_commutators"
 def piece_rows(height: int, pieces: int) -> list[tuple[int, int]]:
     """Row ranges of ``pieces`` horizontal bands: ``[k*h//n, (k+1)*h//n)``."""
     return [(k * height // pieces, (k + 1) * height // pieces) for k in range(pieces)]
+
+
+ADACLIP_TEST_SIZE = 0.25  # AdaCLIP sdd-pre.py: train_test_split(test_size=0.25, ...)
+ADACLIP_SEED = 42  # ... random_state=42
+
+
+def adaclip_normal_train(count: int, test_size: float = ADACLIP_TEST_SIZE,
+                         seed: int = ADACLIP_SEED) -> set[int]:
+    """Indices (into the list of ``count`` normal pieces) that AdaCLIP sends to train.
+
+    The same permutation as sklearn's ``train_test_split(..., test_size, random_state=seed)``
+    with a float ``test_size``: ``n_test = ceil(test_size * count)``, a
+    ``numpy.random.RandomState(seed).permutation(count)``, test = its first ``n_test`` entries,
+    train = the rest (tests compare it with sklearn itself)."""
+    n_test = math.ceil(test_size * count)
+    permutation = np.random.RandomState(seed).permutation(count)
+    return {int(i) for i in permutation[n_test:]}
 
 
 def is_part_folder(folder: Path) -> bool:
@@ -86,7 +111,20 @@ class KolektorSDDAdapter(DatasetAdapter):
 
     def records(self, raw_dir: Path) -> Iterator[RawRecord]:
         pieces = self.pieces()
-        root, folders = self.part_folders(Path(raw_dir))
+        if pieces == 1:
+            yield from self.listed_records(Path(raw_dir), pieces)
+            return
+        records = list(self.listed_records(Path(raw_dir), pieces))
+        normals = [i for i, r in enumerate(records) if r.label == 0]
+        train = adaclip_normal_train(len(normals))
+        for position, index in enumerate(normals):
+            if position in train:
+                records[index].split = "train"
+        yield from records
+
+    def listed_records(self, raw_dir: Path, pieces: int) -> Iterator[RawRecord]:
+        """Records in listing order (folders, then images, then pieces), all "test"."""
+        root, folders = self.part_folders(raw_dir)
         for folder in folders:
             files = list_images(folder)
             labels = {p.stem.removesuffix("_label"): p for p in files if p.stem.endswith("_label")}

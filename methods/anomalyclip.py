@@ -3,7 +3,9 @@
 Two learnable prompts, "[12 ctx] object." and "[12 other ctx] damaged object.", with deep text
 prompts; image features from the V-V attention path (DPAM) from layer 6. Trained on the test
 split of an auxiliary dataset with image cross-entropy and a focal + Dice segmentation loss.
-Upstream quirks are config flags; released checkpoints import with
+Upstream quirks are config flags; the presets "upstream" (HEAD: layer 24 only, ``lam`` 4) and
+"upstream-original" (the release behind the published numbers: four aliased copies of layer 24)
+set them as each version does. Released checkpoints import with
 :meth:`AnomalyCLIP.convert_upstream_checkpoint` (``zsbench import-checkpoint``).
 """
 
@@ -43,16 +45,26 @@ class AnomalyCLIPConfig(MethodConfig):
     feature_layers: tuple[int, ...] = option(
         (6, 12, 18, 24), "vision layers whose patch tokens give maps (the paper's 6, 12, 18, 24)")
     alias_layers_to_last: bool = option(
-        True, "upstream quirk: an in-place aliasing bug in AnomalyCLIP's V-V path (fixed upstream "
-        "in April 2025) made every feature layer equal the last one, so the published numbers and "
-        "released checkpoints use the last layer's map counted once per feature layer (layer 24 "
-        "with segmentation-loss weight 4); false = honest multi-layer, each layer weight 1")
+        True, "upstream quirk: an in-place aliasing bug in AnomalyCLIP's V-V path (original "
+        "release; fixed upstream 2025-04-13 by cloning the layer outputs) made every feature layer "
+        "equal the last one, so the published numbers and released checkpoints use the last "
+        "layer's map and loss counted once per feature layer (4 x layer 24 in the map and in the "
+        "segmentation loss); false = each listed layer once (upstream HEAD)")
+    lam: float = option(
+        1.0, "segmentation-loss weight: training loss = image CE + lam x the sum over the listed "
+        "feature layers of focal + 2 Dice (upstream HEAD train.py: lam = 4 with --features_list "
+        "24; the original release has no lam, i.e. 1). Default 1: with alias_layers_to_last (the "
+        "default) the sum already counts layer 24 four times, the published 4 x layer-24 loss; "
+        "lam 4 on top would train 16 x. Not used at test time (upstream test.py sums the layer "
+        "maps unweighted)")
     global_ln_post: bool = option(
         False, "apply ln_post to the global CLS before proj as open_clip does; upstream "
         "AnomalyCLIP does not (false; its issue #14 says the effect is small)")
     deep_prompt_fp16_cast: bool = option(
-        False, "upstream quirk: round the deep text prompts through fp16 before use "
-        "(AnomalyCLIP_lib casts them with .half()); true reproduces upstream exactly")
+        False, "upstream quirk: round the deep text prompts through fp16, cast after their "
+        "per-prompt expansion as upstream (AnomalyCLIP_lib/AnomalyCLIP.py: .expand(...)"
+        ".permute(1, 0, 2).half()), so gradients are rounded per prompt too; true reproduces "
+        "upstream exactly")
     temperature: float = option(0.07, "softmax temperature T of P_abn (fixed, not CLIP's 100)")
     sigma: float = option(4.0, "Gaussian smoothing sigma of the pixel map (upstream 4)")
 
@@ -70,6 +82,29 @@ class AnomalyCLIP(AnomalyMethod):
     """AnomalyCLIP on the shared backbone; only the prompt learner is trained."""
 
     config_class = AnomalyCLIPConfig
+    # Both upstream versions train 4 x the layer-24 segmentation loss and rank pixels the same;
+    # the original release's maps are 4 x HEAD's (4 aliased copies of layer 24 summed).
+    presets = {
+        # zqhang/AnomalyCLIP HEAD (since 2025-04-13, commit 45ed4dd): train.sh/test.sh
+        "upstream": {
+            "feature_layers": (24,),  # train.sh/test.sh: --features_list 24
+            "alias_layers_to_last": False,  # AnomalyCLIP_lib/AnomalyCLIP.py: out_tokens .clone()
+            "lam": 4.0,  # train.py: lam = 4; loss = lam * loss
+            "deep_prompt_fp16_cast": True,
+            "pos_embed_interpolation": "bilinear",  # AnomalyCLIP_lib/AnomalyCLIP.py
+            "input_interpolation": "bicubic",  # utils.py get_transform: BICUBIC
+        },
+        # zqhang/AnomalyCLIP original release (2024-03-19, commit 2b70f77): published numbers
+        # and released checkpoints
+        "upstream-original": {
+            "feature_layers": (6, 12, 18, 24),  # train.sh/test.sh: --features_list 6 12 18 24
+            "alias_layers_to_last": True,  # AnomalyCLIP_lib/AnomalyCLIP.py: out_tokens.append(x)
+            "lam": 1.0,  # train.py: loss = the plain sum over the listed layers
+            "deep_prompt_fp16_cast": True,
+            "pos_embed_interpolation": "bilinear",  # AnomalyCLIP_lib/AnomalyCLIP.py
+            "input_interpolation": "bicubic",  # utils.py get_transform: BICUBIC
+        },
+    }
     info = MethodInfo(
         name="anomalyclip", title="AnomalyCLIP",
         paper="Zhou et al., AnomalyCLIP: Object-agnostic Prompt Learning for Zero-shot Anomaly "
@@ -106,7 +141,8 @@ class AnomalyCLIP(AnomalyMethod):
         return self.prompt_learner()
 
     def layer_weights(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """The layers read from the backbone and how often each enters the sums."""
+        """The layers read from the backbone and how often each enters the sums (the map's and,
+        times ``lam``, the segmentation loss's)."""
         if self.config.alias_layers_to_last:
             return (self.backbone.vision_layers,), (float(len(self.feature_layers)),)
         return self.feature_layers, (1.0,) * len(self.feature_layers)
@@ -141,7 +177,8 @@ class AnomalyCLIP(AnomalyMethod):
         _, weights = self.layer_weights()
         maps = self._probability_maps(images, patch_tokens, text)
         return prompt_training_loss(image_logits(global_embedding, text, self.config.temperature),
-                                    batch["label"], maps, weights, batch["mask"])
+                                    batch["label"], maps, weights, batch["mask"],
+                                    segmentation_weight=self.config.lam)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [{"params": list(self.prompt_learner.parameters())}]

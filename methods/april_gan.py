@@ -69,6 +69,12 @@ class AprilGanConfig(MethodConfig):
               "softmax per pixel (train.py/test.py); false: per-patch softmax, then the shared "
               "align_corners=False upsampling")
     sigma: float = option(0.0, "Gaussian sigma of the pixel map in pixels (test.py: none)")
+    pos_embed_interpolation: str = option(
+        "bicubic-antialias", "resize of the vision position embedding to the input's patch grid: "
+                             "APRIL-GAN's bundled open_clip (open_clip/model.py resize_pos_embed, "
+                             "called by create_model in open_clip/factory.py) uses bicubic, "
+                             "antialias=True, align_corners=False; 'bilinear' is the AnomalyCLIP "
+                             "convention")
 
 
 @register_method("april_gan")
@@ -76,6 +82,15 @@ class AprilGan(AnomalyMethod):
     """Frozen CLIP + one trained linear projection per intermediate layer."""
 
     config_class = AprilGanConfig
+    presets = {
+        # ByChelsea/VAND-APRIL-GAN: train.sh/test_zero_shot.sh as released
+        "upstream": {
+            # train.py/test.py run under torch.cuda.amp.autocast() (a no-op on CPU upstream)
+            "precision": "fp16",
+            "pos_embed_interpolation": "bicubic-antialias",
+            "input_interpolation": "bicubic",  # open_clip/transform.py: Resize BICUBIC
+        },
+    }
     info = MethodInfo(
         name="april_gan",
         title="APRIL-GAN",

@@ -43,6 +43,13 @@ class CoCoOp(CoOp):
     """CoOp whose context is shifted per image by a meta-net on the image embedding."""
 
     config_class = CoCoOpConfig
+    presets = {
+        # CoCoOp's own code (KaiyangZhou/CoOp trainers/cocoop.py): the meta-net's Linear layers
+        # keep PyTorch's default initialisation
+        "upstream-init": {
+            "meta_net_zero_init": False,
+        },
+    }
     info = MethodInfo(
         name="cocoop", title="CoCoOp",
         paper="Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022 "

@@ -19,6 +19,8 @@ ICCV 2025; reference code ``mala-lab/FAPrompt`` (``FAPrompt.py``, ``train.py``, 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -44,6 +46,13 @@ logger = logging.getLogger(__name__)
 NORMAL_TEMPLATE = "object."
 ABNORMAL_TEMPLATE = "damaged object."
 NORMAL_CTX_GROUP = "normal"
+# Upstream checkpoint (FAPrompt.py, AnomalyCLIP_PromptLearner): prior-network names -> ours, and
+# the entries never used upstream (prompt projections) or rebuilt from the text (token buffers).
+UPSTREAM_PRIOR_KEYS = {f"patch_meta_net.linear{i + 1}.{p}": f"prior.net.{2 * i}.{p}"
+                       for i in range(2) for p in ("weight", "bias")}
+UPSTREAM_IGNORED_PREFIXES = ("compound_prompt_projections.", "token_prefix", "token_suffix",
+                             "tokenized_prompts")
+_UPSTREAM_DEEP_PROMPT = re.compile(r"compound_prompts_text\.(\d+)")
 
 
 @dataclass
@@ -143,6 +152,16 @@ class FAPrompt(AnomalyMethod):
     """Compound abnormality prompts with a data-dependent abnormality prior."""
 
     config_class = FAPromptConfig
+    presets = {
+        # mala-lab/FAPrompt (commit 7e9d9d2): train.py/test.py as released
+        "upstream": {
+            "prior_uses_first_patches": True,  # the top-k indices (pk_indx) are computed, unused
+            "focal_on_probability_as_logit": True,
+            "deep_prompt_fp16_cast": True,
+            "pos_embed_interpolation": "bilinear",  # AnomalyCLIP_lib/AnomalyCLIP.py
+            "input_interpolation": "bicubic",  # utils.py get_transform: BICUBIC
+        },
+    }
     info = MethodInfo(
         name="faprompt",
         title="FAPrompt",
@@ -277,3 +296,59 @@ class FAPrompt(AnomalyMethod):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return [{"params": list(self.prompt_learner.parameters()) + list(self.prior.parameters())}]
+
+    # -- released checkpoints --------------------------------------------------------------------
+    @classmethod
+    def convert_upstream_checkpoint(cls, obj: Any) -> dict[str, Tensor]:
+        """Map an upstream ``{"prompt_learner": state}`` (``FAPrompt.py``'s prompt learner; the
+        bare state works too) to this method's trainable state:
+
+        - ``ctx_pos`` ``[1, 1, n_normal_ctx, W]`` -> ``prompt_learner.ctx_group.normal``;
+        - ``ctx_neg`` ``[1, P, n_abnormal_ctx, W]``: ``ctx_neg[0, i]`` ->
+          ``prompt_learner.ctx_group.abnormal{i}`` (P abnormal prompts);
+        - ``compound_prompts_text.{j}`` -> ``prompt_learner.deep_prompts.{j}``;
+        - ``patch_meta_net.linear1`` / ``linear2`` ``.weight`` / ``.bias`` -> ``prior.net.0`` /
+          ``prior.net.2`` (upstream's ``Sequential(linear1, ReLU, linear2)``).
+
+        ``compound_prompt_projections.*`` (never used upstream) and the token buffers are
+        ignored; any other key, or a missing one, is a ValueError naming it. Shapes are checked
+        against the method (backbone width, prompt counts, prior width) when it is loaded."""
+        state = obj.get("prompt_learner", obj) if isinstance(obj, Mapping) else None
+        if not isinstance(state, Mapping):
+            raise ValueError(f"a FAPrompt checkpoint is a dict {{'prompt_learner': state}}, got "
+                             f"{type(obj).__name__}")
+        used = {k: v for k, v in state.items() if not str(k).startswith(UPSTREAM_IGNORED_PREFIXES)}
+        deep = {int(m.group(1)): v for k, v in used.items()
+                if (m := _UPSTREAM_DEEP_PROMPT.fullmatch(str(k)))}
+        known = {"ctx_pos", "ctx_neg", *UPSTREAM_PRIOR_KEYS}
+        missing = sorted(known - set(used))
+        unknown = sorted(str(k) for k in used if k not in known
+                         and not _UPSTREAM_DEEP_PROMPT.fullmatch(str(k)))
+        if missing or unknown:
+            raise ValueError(f"not a FAPrompt prompt-learner state: missing {missing}, "
+                             f"unexpected {unknown}")
+        for key, value in used.items():
+            if not isinstance(value, Tensor):
+                raise ValueError(f"{key!r} is a {type(value).__name__}, not a tensor")
+        ctx_pos, ctx_neg = used["ctx_pos"].float(), used["ctx_neg"].float()
+        if ctx_pos.dim() < 2 or math.prod(ctx_pos.shape[:-2]) != 1:
+            raise ValueError(f"'ctx_pos' has shape {tuple(ctx_pos.shape)}; expected "
+                             f"[1, 1, n_ctx, W] (one class, one normal prompt)")
+        if ctx_neg.dim() < 3 or math.prod(ctx_neg.shape[:-3]) != 1:
+            raise ValueError(f"'ctx_neg' has shape {tuple(ctx_neg.shape)}; expected "
+                             f"[1, n_prompts, n_ctx, W] (one class)")
+        if ctx_pos.shape[-1] != ctx_neg.shape[-1]:
+            raise ValueError(f"'ctx_pos' {tuple(ctx_pos.shape)} and 'ctx_neg' "
+                             f"{tuple(ctx_neg.shape)} have different widths")
+        converted = {f"prompt_learner.ctx_group.{NORMAL_CTX_GROUP}":
+                     ctx_pos.reshape(ctx_pos.shape[-2:]).clone()}
+        for index, own in enumerate(ctx_neg.reshape(-1, *ctx_neg.shape[-2:])):
+            converted[f"prompt_learner.ctx_group.{abnormal_group(index)}"] = own.clone()
+        if sorted(deep) != list(range(len(deep))):
+            raise ValueError(f"compound_prompts_text indices {sorted(deep)} are not "
+                             f"0..{len(deep) - 1}")
+        for index, prompt in deep.items():
+            converted[f"prompt_learner.deep_prompts.{index}"] = prompt.float().clone()
+        for upstream, ours in UPSTREAM_PRIOR_KEYS.items():
+            converted[ours] = used[upstream].float().clone()
+        return converted

@@ -40,6 +40,7 @@ from zsbench.anomaly_maps import (
 )
 from zsbench.losses import image_cross_entropy, segmentation_loss
 from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, option
+from zsbench.methods.anomalyclip import AnomalyCLIP
 from zsbench.prompt_learner import PLACEHOLDER_WORD, PromptLearner
 from zsbench.prompt_scoring import pixel_anomaly_map
 from zsbench.registry import register_method
@@ -48,6 +49,21 @@ logger = logging.getLogger(__name__)
 
 GLOBAL_TEMPLATES = ("object with all parts flawless.", "object with damaged parts.")
 SHUNT_TEMPLATES = ("the flawless part.", "the damaged part.")
+# Upstream checkpoint: {"prompt_learner": global prompts, "class_learner": shunt prompts,
+# "former": pathway.py's PathWay}. Its learners map to ours by name; its pathway modules map to
+# Pathway's as below; its image branch is unused at test time (img_projection never changes).
+UPSTREAM_LEARNERS = {"prompt_learner": "global_prompts", "class_learner": "shunt_prompts"}
+UPSTREAM_PATHWAY_PARAMETERS = {
+    **{f"ln_{i}.{p}": f"pathway.ln_{i}.{p}" for i in range(5) for p in ("weight", "bias")},
+    **{f"{upstream}.{p}": f"pathway.{ours}.{p}"
+       for upstream, ours in (("text_attention", "patch_attention"),
+                              ("cross_attention", "global_text_attention"))
+       for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")},
+    **{f"text_feed.{i}.{p}": f"pathway.feed_forward.{i}.{p}" for i in (0, 2)
+       for p in ("weight", "bias")},
+    "text_projection": "text_projection",
+}
+UPSTREAM_PATHWAY_IGNORED = ("img_projection", "img_attention.", "ln_5.", "img_feed.")
 
 
 @dataclass
@@ -148,6 +164,16 @@ class TPS(AnomalyMethod):
     """Global prompts for the image score, shunt prompts refined per layer by a pathway."""
 
     config_class = TPSConfig
+    presets = {
+        # majitao-xd/TPS (commit 20e01ca): train.py/test.py as released
+        "upstream": {
+            "drop_pathway_at_test": True,
+            "train_text_projection": True,
+            "deep_prompt_fp16_cast": True,
+            "pos_embed_interpolation": "bilinear",  # AnomalyCLIP_lib/AnomalyCLIP.py
+            "input_interpolation": "bicubic",  # utils.py get_transform: BICUBIC
+        },
+    }
     info = MethodInfo(
         name="tps",
         title="TPS (text prompt shunt)",
@@ -257,3 +283,61 @@ class TPS(AnomalyMethod):
         return [{"params": list(self.global_prompts.parameters())
                  + list(self.shunt_prompts.parameters())},
                 {"params": pathway, "lr": self.config.pathway_lr}]
+
+    # -- released checkpoints --------------------------------------------------------------------
+    @classmethod
+    def convert_upstream_checkpoint(cls, obj: Any) -> dict[str, Tensor]:
+        """Map an upstream ``{"prompt_learner", "class_learner", "former"}`` checkpoint
+        (``train.py``) to this method's trainable state:
+
+        - ``prompt_learner`` (global prompts) and ``class_learner`` (shunt prompts), each in
+          AnomalyCLIP's layout (:meth:`AnomalyCLIP.convert_upstream_checkpoint`) ->
+          ``global_prompts.*`` and ``shunt_prompts.*``;
+        - ``former`` (``pathway.py``): ``ln_0..ln_4`` -> ``pathway.ln_0..ln_4``,
+          ``text_attention`` -> ``pathway.patch_attention``, ``cross_attention`` ->
+          ``pathway.global_text_attention``, ``text_feed.{0,2}`` -> ``pathway.feed_forward.{0,2}``,
+          and its trained ``text_projection`` (it replaces CLIP's at test time) ->
+          ``text_projection``, so the method must be built with ``train_text_projection`` true.
+
+        Ignored: ``img_projection`` (CLIP's visual projection, which upstream never trains),
+        ``img_attention``, ``ln_5`` and ``img_feed`` (the image branch, unused at test time),
+        and each learner's prompt projections and token buffers. Any other key, or a missing
+        one, is a ValueError naming it; shapes are checked against the method on loading."""
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"a TPS checkpoint is a dict with keys 'prompt_learner', "
+                             f"'class_learner' and 'former', got {type(obj).__name__}")
+        parts = (*UPSTREAM_LEARNERS, "former")
+        missing = [k for k in parts if k not in obj]
+        unknown = sorted(str(k) for k in obj if k not in parts)
+        if missing or unknown:
+            raise ValueError(f"not a TPS checkpoint: missing {missing}, unexpected {unknown} "
+                             f"(expected keys {list(parts)})")
+        converted: dict[str, Tensor] = {}
+        for upstream, ours in UPSTREAM_LEARNERS.items():
+            if not isinstance(obj[upstream], Mapping):
+                raise ValueError(f"{upstream!r} is a {type(obj[upstream]).__name__}, not a "
+                                 f"state dict")
+            try:
+                learner = AnomalyCLIP.convert_upstream_checkpoint({"prompt_learner":
+                                                                   obj[upstream]})
+            except ValueError as err:
+                raise ValueError(f"{upstream!r}: {err}") from err
+            prefix = "prompt_learner."
+            converted.update({f"{ours}.{k[len(prefix):]}": v for k, v in learner.items()})
+        former = obj["former"]
+        if not isinstance(former, Mapping):
+            raise ValueError(f"'former' is a {type(former).__name__}, not a state dict")
+        used = {str(k): v for k, v in former.items()
+                if not str(k).startswith(UPSTREAM_PATHWAY_IGNORED)}
+        missing = sorted(set(UPSTREAM_PATHWAY_PARAMETERS) - set(used))
+        unknown = sorted(set(used) - set(UPSTREAM_PATHWAY_PARAMETERS))
+        if missing or unknown:
+            raise ValueError(f"'former' is not TPS's pathway: missing "
+                             f"{['former.' + k for k in missing]}, unexpected "
+                             f"{['former.' + k for k in unknown]}")
+        for upstream, ours in UPSTREAM_PATHWAY_PARAMETERS.items():
+            value = used[upstream]
+            if not isinstance(value, Tensor):
+                raise ValueError(f"'former.{upstream}' is a {type(value).__name__}, not a tensor")
+            converted[ours] = value.float().clone()
+        return converted

@@ -9,7 +9,7 @@ from tests.method_fixtures import SIZE, TINY
 from zsbench.anomaly_maps import gaussian_smooth, patch_probability_map, text_probabilities
 from zsbench.backbone import Backbone
 from zsbench.losses import segmentation_loss
-from zsbench.method import build_method, describe_method
+from zsbench.method import build_method, describe_method, make_config
 from zsbench.methods.anomalyclip import AnomalyCLIP
 
 
@@ -33,11 +33,35 @@ def batch(images: torch.Tensor) -> dict:
             "class_name": ["object"] * 3}
 
 
-def variant(method: AnomalyCLIP, backbone: Backbone, **overrides) -> AnomalyCLIP:
-    """The same learned parameters under another config."""
-    other = build_method("anomalyclip", {**TINY, **overrides}, backbone=backbone)
+def variant(method: AnomalyCLIP, backbone: Backbone, preset: str | None = None, **overrides
+            ) -> AnomalyCLIP:
+    """The same learned parameters under another config (a preset, then ``overrides``)."""
+    config = make_config("anomalyclip", {**TINY, **overrides}, preset=preset)
+    other = build_method("anomalyclip", config, backbone=backbone)
     other.load_trainable_state_dict(method.trainable_state_dict())
     return other
+
+
+def loss_and_gradients(method: AnomalyCLIP, batch: dict
+                       ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The loss parts and the gradient of the total loss for every trainable parameter."""
+    method.zero_grad(set_to_none=True)
+    total, parts = method.loss(batch)
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    method.zero_grad(set_to_none=True)
+    return parts, grads
+
+
+def independent_segmentation_losses(method: AnomalyCLIP, backbone: Backbone, batch: dict,
+                                     layers: tuple[int, ...]) -> list[torch.Tensor]:
+    """Per listed layer, focal + Dice of its own map, computed without the method's loss code."""
+    with torch.no_grad():
+        text = method.prompt_learner()
+        tokens = backbone.encode_image(batch["image"], layers=layers, vv_from=6,
+                                       global_ln_post=False).patch_tokens
+        return [segmentation_loss(patch_probability_map(tokens[layer], text, (4, 4), SIZE),
+                                  batch["mask"]) for layer in layers]
 
 
 def predict(method: AnomalyCLIP, images: torch.Tensor):
@@ -147,3 +171,87 @@ def test_deep_prompt_fp16_cast_changes_outputs_slightly(method: AnomalyCLIP, bac
 def test_bad_feature_layer_is_a_clear_error(backbone: Backbone) -> None:
     with pytest.raises(ValueError, match="feature_layers"):
         build_method("anomalyclip", {**TINY, "feature_layers": "6,25"}, backbone=backbone)
+
+
+# -- segmentation-loss weight lam and the two upstream versions ------------------------------------
+
+DISTINCT = (6, 12, 18)  # distinct layers on the tiny backbone (24 blocks), as upstream HEAD
+
+
+def test_lam_weights_the_sum_over_distinct_layers(method: AnomalyCLIP, backbone: Backbone,
+                                                  batch: dict) -> None:
+    per_layer = independent_segmentation_losses(method, backbone, batch, DISTINCT)
+    assert len({round(loss.item(), 6) for loss in per_layer}) == 3  # the layers differ
+    for lam in (1.0, 4.0, 2.5):
+        honest = variant(method, backbone, alias_layers_to_last=False, feature_layers=DISTINCT,
+                         lam=lam)
+        with torch.no_grad():
+            total, parts = honest.loss(batch)
+        expected = lam * sum(per_layer)
+        assert parts["segmentation"] == pytest.approx(expected.item(), rel=1e-5)
+        assert total.item() == pytest.approx(parts["image_ce"] + expected.item(), rel=1e-5)
+
+
+def test_lam_scales_segmentation_gradients(method: AnomalyCLIP, backbone: Backbone,
+                                           batch: dict) -> None:
+    def grads(lam: float) -> dict[str, torch.Tensor]:
+        return loss_and_gradients(variant(method, backbone, alias_layers_to_last=False,
+                                          feature_layers=DISTINCT, lam=lam), batch)[1]
+
+    ce_only, lam1, lam4 = grads(0.0), grads(1.0), grads(4.0)
+    assert set(ce_only) == set(lam1) == set(lam4) and len(lam4) == 9
+    for name in lam4:
+        segmentation = lam1[name] - ce_only[name]  # d(sum over layers)/d(parameter)
+        scale = segmentation.abs().max().item()
+        assert scale > 0, name
+        # the CE gradient cancels in the differences: compare to the gradient's scale
+        torch.testing.assert_close(lam4[name] - ce_only[name], 4 * segmentation,
+                                   rtol=0, atol=1e-4 * 4 * scale)
+        assert (lam4[name] - ce_only[name] - segmentation).abs().max() > scale  # not 1 x
+
+
+def test_lam_does_not_change_the_test_time_map(method: AnomalyCLIP, backbone: Backbone,
+                                               images: torch.Tensor) -> None:
+    # upstream HEAD test.py sums the layer maps without lam
+    one = predict(variant(method, backbone, alias_layers_to_last=False,
+                          feature_layers=DISTINCT), images)
+    four = predict(variant(method, backbone, alias_layers_to_last=False,
+                           feature_layers=DISTINCT, lam=4.0), images)
+    assert torch.equal(one.image_scores, four.image_scores)
+    assert torch.equal(one.anomaly_maps, four.anomaly_maps)
+
+
+def test_presets_reproduce_both_upstream_versions(method: AnomalyCLIP, backbone: Backbone,
+                                                  batch: dict, images: torch.Tensor) -> None:
+    presets = AnomalyCLIP.presets
+    assert set(presets) == {"upstream", "upstream-original"}
+    assert presets["upstream"]["lam"] == 4 and presets["upstream"]["feature_layers"] == (24,)
+    assert not presets["upstream"]["alias_layers_to_last"]
+    assert presets["upstream-original"]["lam"] == 1
+    assert presets["upstream-original"]["alias_layers_to_last"]
+    assert presets["upstream-original"]["feature_layers"] == (6, 12, 18, 24)
+    assert all(p["deep_prompt_fp16_cast"] for p in presets.values())
+
+    layer24 = independent_segmentation_losses(method, backbone, batch, (24,))[0]
+    original = variant(method, backbone, preset="upstream-original")
+    head = variant(method, backbone, preset="upstream")
+    original_parts, original_grads = loss_and_gradients(original, batch)
+    head_parts, head_grads = loss_and_gradients(head, batch)
+    # the original release: the plain sum of 4 identical (aliased) layer-24 terms
+    assert original.layer_weights() == ((24,), (4.0,))
+    assert original_parts["segmentation"] == pytest.approx(4 * layer24.item(), rel=1e-4)
+    # HEAD: lam = 4 times the one listed layer, 24: the same loss and gradients
+    assert head.layer_weights() == ((24,), (1.0,))
+    assert head_parts["segmentation"] == pytest.approx(original_parts["segmentation"], rel=1e-6)
+    for name, grad in original_grads.items():
+        torch.testing.assert_close(head_grads[name], grad, rtol=1e-5, atol=1e-8)
+    # test time: the original sums 4 copies of the layer-24 map, HEAD uses it once
+    original_out, head_out = predict(original, images), predict(head, images)
+    assert torch.equal(original_out.image_scores, head_out.image_scores)
+    torch.testing.assert_close(original_out.anomaly_maps, 4 * head_out.anomaly_maps)
+
+
+def test_default_config_is_the_published_setting() -> None:
+    config = make_config("anomalyclip")
+    assert config.alias_layers_to_last and config.lam == 1.0
+    assert config.feature_layers == (6, 12, 18, 24)

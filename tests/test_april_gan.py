@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from tests.method_fixtures import SIZE, TINY
 from zsbench.backbone import Backbone
-from zsbench.method import build_method
+from zsbench.method import MethodConfig, build_method, make_config
 from zsbench.methods.april_gan import AprilGan, AprilGanConfig
 from zsbench.preprocess import AnomalyImageDataset
 from zsbench.prompt_ensembles import APRIL_GAN_TEMPLATES, WINCLIP_APRIL_GAN, ClassTextCache
@@ -150,3 +151,38 @@ def test_upstream_checkpoint_errors(backbone: Backbone) -> None:
         upstream_checkpoint(4, backbone.vision_width * 2, backbone.embed_dim))
     with pytest.raises(ValueError, match="has shape"):
         method.load_trainable_state_dict(wrong_width)
+
+
+def test_position_embedding_resize_is_bicubic_antialias(backbone: Backbone, batch: dict) -> None:
+    """APRIL-GAN's bundled open_clip resizes the position embedding with
+    ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)`` (``resize_pos_embed``
+    in its ``open_clip/model.py``); the other methods use bilinear."""
+    assert AprilGanConfig().pos_embed_interpolation == "bicubic-antialias"
+    assert MethodConfig().pos_embed_interpolation == "bilinear"
+    assert make_config("april_gan", {"pos_embed_interpolation": "bilinear"}
+                       ).pos_embed_interpolation == "bilinear"
+    # built from its config: the backbone is loaded with the option
+    torch.manual_seed(0)
+    loaded = build_method("april_gan", TINY)
+    assert loaded.backbone.pos_embed_interpolation == "bicubic-antialias"
+    # a given (bilinear) backbone computes as the method config says, sharing its weights
+    assert backbone.pos_embed_interpolation == "bilinear"
+    method = make_method(backbone)
+    assert method.backbone.pos_embed_interpolation == "bicubic-antialias"
+    assert method.backbone.model is backbone.model
+    assert backbone.pos_embed_interpolation == "bilinear"  # the given backbone is unchanged
+    native = backbone.model.visual.positional_embedding
+    grid = native[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 4), mode="bicubic", antialias=True,
+                             align_corners=False)[0].permute(1, 2, 0).reshape(16, -1)
+    torch.testing.assert_close(method.backbone.positional_embedding((4, 4))[1:], expected,
+                               atol=0, rtol=0)
+    torch.testing.assert_close(loaded.backbone.positional_embedding((4, 4)),
+                               method.backbone.positional_embedding((4, 4)), atol=0, rtol=0)
+    bilinear = make_method(backbone, pos_embed_interpolation="bilinear")
+    assert bilinear.backbone is backbone
+    images = batch["image"][:2]
+    with torch.inference_mode():
+        _, maps = method.predict(images, batch["class_name"][:2])
+        _, bilinear_maps = bilinear.predict(images, batch["class_name"][:2])
+    assert (maps - bilinear_maps).abs().max() > 1e-4

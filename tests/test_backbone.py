@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 
 import zsbench.backbone.loading as loading
 from zsbench.backbone import (
     Backbone,
+    WeightsFileInfo,
     WeightsUnavailableError,
     load_backbone,
+    plan_activation,
+    quickgelu_variant,
     read_state_dict,
+    read_weights_file,
     resolve_weights,
 )
+from zsbench.method import MethodConfig
 
 TINY = "zsbench-tiny"
 
@@ -62,6 +70,7 @@ def test_tiny_attributes(tiny: Backbone) -> None:
     assert tiny.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
     assert tiny.std == pytest.approx(open_clip.OPENAI_DATASET_STD)
     assert (tiny.name, tiny.pretrained, tiny.weights_sha256) == (TINY, None, None)
+    assert tiny.pos_embed_interpolation == "bilinear" and tiny.quick_gelu
     assert not any(p.requires_grad for p in tiny.parameters())
     assert not tiny.model.training
     tiny.train()
@@ -181,6 +190,108 @@ def test_positional_embedding_resize(tiny: Backbone) -> None:
     assert tiny.positional_embedding((16, 12)) is resized  # cached
 
 
+@pytest.mark.parametrize("grid_size", [(16, 12), (4, 4), (37, 37)])
+def test_positional_embedding_bicubic_antialias(tiny: Backbone, grid_size) -> None:
+    """APRIL-GAN's bundled open_clip ``resize_pos_embed``: bicubic, antialias, no align_corners."""
+    bicubic = tiny.with_options(pos_embed_interpolation="bicubic-antialias")
+    assert bicubic.model is tiny.model and tiny.pos_embed_interpolation == "bilinear"
+    native = tiny.model.visual.positional_embedding
+    grid = native[1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=grid_size, mode="bicubic", antialias=True,
+                             align_corners=False)[0].permute(1, 2, 0).reshape(-1, 32)
+    resized = bicubic.positional_embedding(grid_size)
+    torch.testing.assert_close(resized[0], native[0], atol=0, rtol=0)
+    torch.testing.assert_close(resized[1:], expected, atol=0, rtol=0)
+    bilinear = tiny.positional_embedding(grid_size)
+    assert (resized - bilinear).abs().max() > 1e-3
+    assert bicubic.positional_embedding((8, 8)) is native
+    with torch.no_grad():  # the encode path uses it
+        images = torch.randn(1, 3, grid_size[0] * 14, grid_size[1] * 14)
+        assert not torch.allclose(bicubic.encode_image(images).global_embedding,
+                                  tiny.encode_image(images).global_embedding, atol=1e-5)
+
+
+def test_pos_embed_interpolation_option() -> None:
+    assert MethodConfig().pos_embed_interpolation == "bilinear"
+    loaded = load_backbone(TINY, image_size=56, pos_embed_interpolation="bicubic-antialias")
+    assert loaded.pos_embed_interpolation == "bicubic-antialias"
+    with pytest.raises(ValueError, match="pos_embed_interpolation 'nearest' is not one of "
+                                         "bilinear, bicubic-antialias"):
+        load_backbone(TINY, pos_embed_interpolation="nearest")
+    with pytest.raises(ValueError, match="pos_embed_interpolation 'bicubic'"):
+        loaded.with_options(pos_embed_interpolation="bicubic")
+
+
+# -- precision ---------------------------------------------------------------------------------
+
+def all_outputs(backbone: Backbone, images: torch.Tensor) -> list[torch.Tensor]:
+    ids = backbone.tokenize(["a photo of a damaged object.", "object."])
+    with torch.no_grad():
+        features = backbone.encode_image(images, layers=(6, 24), vv_from=6)
+        residual = backbone.encode_image(images, layers=(12,), token_source="residual")
+        return [features.global_embedding, features.patch_tokens[6], features.patch_tokens[24],
+                residual.patch_tokens[12], backbone.encode_text(ids),
+                backbone.encode_text(ids, prompt_embeddings=backbone.token_embedding(ids)),
+                backbone.encode_windows(images, torch.tensor([[0, 1, 8, 9]]))]
+
+
+def test_fp32_ignores_an_enclosing_autocast(tiny: Backbone, images: torch.Tensor) -> None:
+    assert tiny.precision == "fp32"
+    expected = all_outputs(tiny, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = all_outputs(tiny, images)
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16  # restored after the calls
+        assert torch.is_autocast_enabled("cpu")
+    for got, want in zip(inside, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # inputs made in bf16 by a caller's autocast are computed in fp32 too
+    ids = tiny.tokenize(["object."])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            tiny.encode_image(images.bfloat16()).global_embedding,
+            tiny.encode_image(images.bfloat16().float()).global_embedding, atol=0, rtol=0)
+        torch.testing.assert_close(
+            tiny.encode_text(ids, prompt_embeddings=tiny.token_embedding(ids).bfloat16()),
+            tiny.encode_text(ids, prompt_embeddings=tiny.token_embedding(ids).bfloat16().float()),
+            atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16),
+                                              ("fp16", torch.float16)])
+def test_low_precision_autocasts_on_cpu(tiny: Backbone, images: torch.Tensor, precision: str,
+                                        dtype: torch.dtype) -> None:
+    low = tiny.with_options(precision=precision)
+    assert low.model is tiny.model and tiny.precision == "fp32"
+    seen: list[torch.dtype] = []
+    block = tiny.model.visual.transformer.resblocks[0]
+    handle = block.mlp.c_fc.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        expected = all_outputs(tiny, images)
+        got = all_outputs(low, images)
+        with torch.autocast("cpu", dtype=torch.bfloat16 if dtype == torch.float16
+                            else torch.float16):  # its own dtype wins over an enclosing one
+            again = all_outputs(low, images)
+    finally:
+        handle.remove()
+    assert seen == [torch.float32] * 3 + [dtype] * 6  # 3 vision passes per all_outputs()
+    for low_out, fp32_out, nested in zip(got, expected, again, strict=True):
+        assert low_out.dtype == torch.float32
+        assert not torch.equal(low_out, fp32_out)
+        torch.testing.assert_close(low_out, fp32_out, atol=0.1, rtol=0.1)
+        torch.testing.assert_close(nested, low_out, atol=0, rtol=0)
+
+
+def test_autocast_on_a_device_without_it() -> None:
+    meta = load_backbone(TINY).to("meta")
+    assert meta.device.type == "meta"
+    with meta.autocast():  # fp32: nothing to disable
+        pass
+    with pytest.raises(RuntimeError, match="precision 'bf16' needs torch.bfloat16 autocast on "
+                                           "device 'meta'.*use precision 'fp32'"):
+        meta.with_options(precision="bf16").autocast()
+
+
 def test_other_input_sizes(tiny: Backbone) -> None:
     images = torch.randn(1, 3, 224, 168)
     with torch.no_grad():
@@ -285,12 +396,14 @@ def test_state_dict_file_round_trip(tiny: Backbone, images: torch.Tensor, tmp_pa
         torch.testing.assert_close(loaded.encode_text(ids), tiny.encode_text(ids), atol=0, rtol=0)
 
 
-def test_openai_torchscript_archive(tiny: Backbone, images: torch.Tensor, tmp_path) -> None:
-    # An OpenAI-style archive: a ScriptModule whose state dict holds the CLIP tensors under
-    # open_clip's names plus the non-parameter entries (built from bare containers: fast to script)
+def write_openai_archive(state: dict[str, torch.Tensor], path: Path,
+                         input_resolution: int = 112) -> Path:
+    """An OpenAI-style TorchScript archive: a ScriptModule whose state dict holds the CLIP
+    tensors under OpenAI's names plus the non-parameter entries (built from bare containers:
+    fast to script)."""
     root = torch.nn.Module()
-    state = dict(tiny.model.state_dict())
-    state.update(input_resolution=torch.tensor(112), context_length=torch.tensor(77),
+    state = dict(state)
+    state.update(input_resolution=torch.tensor(input_resolution), context_length=torch.tensor(77),
                  vocab_size=torch.tensor(49408))
     for key, value in state.items():
         *parents, leaf = key.split(".")
@@ -300,15 +413,38 @@ def test_openai_torchscript_archive(tiny: Backbone, images: torch.Tensor, tmp_pa
                 node.add_module(part, torch.nn.Module())
             node = getattr(node, part)
         node.register_buffer(leaf, value.clone())
-    path = tmp_path / "ViT-tiny.pt"
     torch.jit.script(root).save(str(path))
-    read = read_state_dict(path)
+    return path
+
+
+def test_openai_torchscript_archive(tiny: Backbone, images: torch.Tensor, tmp_path) -> None:
+    path = write_openai_archive(tiny.model.state_dict(), tmp_path / "ViT-tiny.pt")
+    read, info = read_weights_file(path)
+    assert read_state_dict(path).keys() == read.keys()
     assert "input_resolution" not in read and "vocab_size" not in read
     assert set(read) == set(tiny.model.state_dict())
+    assert info == WeightsFileInfo(torchscript=True, openai_entries=True, openai_layout=True)
     loaded = load_backbone(TINY, pretrained=path)
+    assert loaded.name == TINY and loaded.quick_gelu  # the tiny config has QuickGELU already
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(images).global_embedding,
                                    tiny.encode_image(images).global_embedding, atol=0, rtol=0)
+
+
+def test_weights_identified_by_sha256(tiny: Backbone, tmp_path) -> None:
+    state = tiny.model.state_dict()
+    first, second = tmp_path / "a" / "weights.pt", tmp_path / "b" / "copy.pt"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    torch.save(state, first)
+    second.write_bytes(first.read_bytes())  # torch.save records the file name: copy the bytes
+    changed = tmp_path / "c" / "weights.pt"
+    changed.parent.mkdir()
+    torch.save({**state, "logit_scale": state["logit_scale"] + 1}, changed)
+    shas = [load_backbone(TINY, pretrained=path).weights_sha256 for path in (first, second,
+                                                                            changed)]
+    assert shas[0] == shas[1] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert shas[2] == hashlib.sha256(changed.read_bytes()).hexdigest() != shas[0]
 
 
 def test_mismatched_or_corrupt_file(tmp_path) -> None:
@@ -360,7 +496,8 @@ def test_unreachable_network_fails_with_help(no_cache, monkeypatch: pytest.Monke
         load_backbone("ViT-L-14-336-quickgelu", pretrained="openai", image_size=518)
     message = str(info.value)
     assert "huggingface.co" in message and "vit_large_patch14_clip_336.openai" in message
-    assert "--pretrained /path/to/file" in message and "unreachable" in message
+    assert "pretrained='/path/to/file'" in message and "unreachable" in message
+    assert "--pretrained /path/to/file" in info.value.cli_message  # the CLI names its option
 
 
 def test_hanging_network_probe_times_out(no_cache, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,7 +522,7 @@ def test_hf_offline_fails_without_probe(no_cache, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(loading.socket, "create_connection", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE.*--pretrained"):
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE.*pretrained="):
         resolve_weights("ViT-B-32", "openai")
 
 
@@ -407,6 +544,162 @@ def test_cached_tag_needs_no_network(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     path, tag_config = resolve_weights("ViT-B-32", "openai")
     assert path == snapshot / "open_clip_model.safetensors"
     assert tag_config["mean"] == open_clip.OPENAI_DATASET_MEAN
+
+
+# -- activation: QuickGELU for OpenAI weights ----------------------------------------------------
+
+def _skip_random_init(patch: pytest.MonkeyPatch) -> None:
+    """Building ViT-B-32 spends seconds in random init; every tensor is then overwritten by the
+    weights file loaded strictly right after, so the tests skip the init."""
+    patch.setattr(torch.Tensor, "uniform_", lambda self, *args, **kwargs: self)
+    patch.setattr(torch.Tensor, "normal_", lambda self, *args, **kwargs: self)
+
+
+@pytest.fixture
+def fast_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    _skip_random_init(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def vit_b32_files(tmp_path_factory) -> dict[str, Path]:
+    """ViT-B-32 weights (zeros in fp16, as OpenAI ships fp16) as a plain state dict with OpenAI's
+    key names and as an OpenAI TorchScript archive: only the format matters here."""
+    with pytest.MonkeyPatch.context() as patch:
+        _skip_random_init(patch)
+        with loading._without_random_init_notice():
+            model = open_clip.create_model("ViT-B-32")
+    state = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in model.state_dict().items()}
+    folder = tmp_path_factory.mktemp("vit_b32")
+    torch.save(state, folder / "vit_b32_state_dict.pt")
+    write_openai_archive(state, folder / "ViT-B-32.pt", input_resolution=224)
+    return {"state_dict": folder / "vit_b32_state_dict.pt", "torchscript": folder / "ViT-B-32.pt"}
+
+
+def activations(backbone: Backbone) -> set[type]:
+    """The activation module types of every vision and text block."""
+    towers = (backbone.model.visual.transformer, backbone.model.transformer)
+    return {type(block.mlp.gelu) for tower in towers for block in tower.resblocks}
+
+
+@pytest.fixture
+def cached_tag_file(monkeypatch: pytest.MonkeyPatch, vit_b32_files) -> Path:
+    """Every open_clip tag resolves to the local ViT-B-32 state dict (no network)."""
+    path = vit_b32_files["state_dict"]
+    monkeypatch.setattr(loading, "_cached_weights", lambda tag_config: path)
+    return path
+
+
+@pytest.mark.slow
+def test_openai_tag_builds_the_quickgelu_variant(fast_init, cached_tag_file,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="zsbench.backbone.loading"):
+        backbone = load_backbone("ViT-B-32", pretrained="openai")
+    assert activations(backbone) == {QuickGELU} and backbone.quick_gelu
+    assert backbone.name == "ViT-B-32-quickgelu"  # what really ran, for the results
+    assert backbone.pretrained == "openai"
+    assert backbone.weights_sha256 == hashlib.sha256(cached_tag_file.read_bytes()).hexdigest()
+    assert "model 'ViT-B-32' uses GELU" in caplog.text
+    assert "pretrained tag 'openai' was trained with QuickGELU" in caplog.text
+    assert "building 'ViT-B-32-quickgelu'" in caplog.text
+
+
+@pytest.mark.slow
+def test_quickgelu_name_keeps_quickgelu(fast_init, cached_tag_file,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="zsbench.backbone.loading"):
+        backbone = load_backbone("ViT-B-32-quickgelu", pretrained="openai")
+    assert activations(backbone) == {QuickGELU}
+    assert backbone.name == "ViT-B-32-quickgelu"
+    assert caplog.records == []
+
+
+@pytest.mark.slow
+def test_non_openai_tag_stays_gelu(fast_init, cached_tag_file,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="zsbench.backbone.loading"):
+        backbone = load_backbone("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert activations(backbone) == {torch.nn.GELU} and not backbone.quick_gelu
+    assert backbone.name == "ViT-B-32"
+    assert caplog.records == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, evidence", [
+    ("torchscript", "an OpenAI TorchScript archive"),
+    ("state_dict", "has the OpenAI CLIP key layout"),
+])
+def test_openai_format_files_run_with_quickgelu(fast_init, vit_b32_files, kind: str,
+                                                evidence: str,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = vit_b32_files[kind]
+    with caplog.at_level(logging.WARNING, logger="zsbench.backbone.loading"):
+        backbone = load_backbone("ViT-B-32", pretrained=path)
+    assert activations(backbone) == {QuickGELU}
+    assert backbone.name == "ViT-B-32-quickgelu"
+    assert backbone.pretrained == str(path)
+    assert backbone.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert str(path) in caplog.text and evidence in caplog.text
+
+
+def test_quickgelu_variant_names() -> None:
+    assert quickgelu_variant("ViT-L-14-336") == ("ViT-L-14-336-quickgelu", False)
+    assert quickgelu_variant("ViT-L-14-336-quickgelu") == ("ViT-L-14-336-quickgelu", False)
+    assert quickgelu_variant(TINY) == (TINY, False)  # its config has quick_gelu already
+    assert quickgelu_variant("ViT-B-32-256") == ("ViT-B-32-256", True)  # no registered variant
+
+
+def test_plan_activation_for_tags() -> None:
+    config = open_clip.get_model_config("ViT-L-14-336")
+    tag_config = open_clip.get_pretrained_cfg("ViT-L-14-336", "openai")
+    plan = plan_activation("ViT-L-14-336", config, tag="openai", tag_config=tag_config)
+    assert (plan.model_name, plan.force_quick_gelu, plan.quick_gelu) == (
+        "ViT-L-14-336-quickgelu", False, True)
+    assert "'ViT-L-14-336'" in plan.note and "'ViT-L-14-336-quickgelu'" in plan.note
+    # no -quickgelu config registered: open_clip's force_quick_gelu, under the asked-for name
+    plan = plan_activation("ViT-B-32-256", open_clip.get_model_config("ViT-B-32-256"),
+                           tag="openai", tag_config={"quick_gelu": True})
+    assert (plan.model_name, plan.force_quick_gelu, plan.quick_gelu) == (
+        "ViT-B-32-256", True, True)
+    assert "force_quick_gelu=True" in plan.note
+    # a GELU tag for a QuickGELU config is an error naming both
+    with pytest.raises(ValueError, match=r"model 'ViT-B-32-quickgelu' uses QuickGELU .* "
+                                         r"pretrained tag 'gelu_tag' was trained with GELU; "
+                                         r"use model 'ViT-B-32'"):
+        plan_activation("ViT-B-32-quickgelu", open_clip.get_model_config("ViT-B-32-quickgelu"),
+                        tag="gelu_tag", tag_config={"quick_gelu": False})
+    with pytest.raises(ValueError, match="quick_gelu=False contradicts.*pretrained tag 'openai'"):
+        plan_activation("ViT-L-14-336", config, tag="openai", tag_config=tag_config,
+                        quick_gelu=False)
+
+
+def test_plan_activation_for_files() -> None:
+    b32 = open_clip.get_model_config("ViT-B-32")
+    archive = WeightsFileInfo(torchscript=True, openai_entries=True, openai_layout=True)
+    layout = WeightsFileInfo(torchscript=False, openai_entries=False, openai_layout=True)
+    other = WeightsFileInfo(torchscript=False, openai_entries=False, openai_layout=False)
+    assert plan_activation("ViT-B-32", b32, weights_file="w.pt", file_info=archive).model_name \
+        == "ViT-B-32-quickgelu"
+    # state dict taken from an OpenAI archive (its non-parameter entries kept)
+    extracted = WeightsFileInfo(torchscript=False, openai_entries=True, openai_layout=True)
+    assert plan_activation("ViT-B-32", b32, weights_file="w.pt", file_info=extracted).quick_gelu
+    # the key layout alone is an assumption that quick_gelu=False overrides; a certain OpenAI
+    # file is not
+    gelu = plan_activation("ViT-B-32", b32, weights_file="w.pt", file_info=layout,
+                           quick_gelu=False)
+    assert (gelu.model_name, gelu.quick_gelu, gelu.note) == ("ViT-B-32", False, None)
+    with pytest.raises(ValueError, match=r"quick_gelu=False contradicts the weights: weights "
+                                         r"file 'w.pt' \(an OpenAI TorchScript archive\)"):
+        plan_activation("ViT-B-32", b32, weights_file="w.pt", file_info=archive,
+                        quick_gelu=False)
+    # no OpenAI weights exist for ViT-H-14: its config decides
+    h14 = open_clip.get_model_config("ViT-H-14")
+    plan = plan_activation("ViT-H-14", h14, weights_file="w.pt", file_info=layout)
+    assert (plan.model_name, plan.quick_gelu, plan.note) == ("ViT-H-14", False, None)
+    assert not plan_activation("ViT-B-32", b32, weights_file="w.pt", file_info=other).quick_gelu
+    assert plan_activation("ViT-B-32", b32).model_name == "ViT-B-32"  # random weights
+    tiny = plan_activation(TINY, open_clip.get_model_config(TINY), weights_file="w.pt",
+                           file_info=archive)
+    assert (tiny.model_name, tiny.force_quick_gelu, tiny.note) == (TINY, False, None)
 
 
 def test_measure_forward_time(tiny: Backbone) -> None:

@@ -51,7 +51,9 @@ def test_prepare_with_options_info_table_and_skip(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(invoke("data", "info", "sdd", "--data-dir", tmp_path / "d",
                              "--json").output)
-    assert info["splits"]["test"]["n"] == 18 and info["splits"]["test"]["anomalous"] == 3
+    # AdaCLIP's split of the pieces: 11 of the 15 normal pieces in train
+    assert info["splits"]["test"]["n"] == 7 and info["splits"]["test"]["anomalous"] == 3
+    assert info["splits"]["train"]["n"] == 11 and info["splits"]["train"]["anomalous"] == 0
     table = invoke("data", "info", "sdd", "--data-dir", tmp_path / "d")
     assert table.exit_code == 0 and "electrical_commutators" in flat(table)
     other = invoke("data", "prepare", "sdd", "--raw", tmp_path / "raw", "--out", tmp_path / "d")

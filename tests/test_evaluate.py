@@ -90,3 +90,26 @@ def test_predict_runs_under_inference_mode(method, records):
     spy = Spy(method.config, method.backbone)
     evaluate_dataset(spy, Dataset.from_list(records[:4]), SETTINGS)
     assert seen and all(seen)
+
+
+def test_the_evaluator_starts_every_category_before_its_images(records):
+    from zsbench.backbone import load_backbone
+
+    events = []
+
+    class Recording(RedShift):
+        def start_category(self, category):
+            events.append(("start", category))
+
+        def predict(self, images, class_names):
+            events.append(("predict", len(class_names)))
+            return super().predict(images, class_names)
+
+    config = MethodConfig(backbone="zsbench-tiny", pretrained=None, image_size=56)
+    recording = Recording(config, load_backbone("zsbench-tiny", None, image_size=56))
+    evaluate_dataset(recording, Dataset.from_list(records), EvalSettings(resolution=56,
+                                                                         batch_size=8))
+    starts = [i for i, e in enumerate(events) if e[0] == "start"]
+    assert [events[i][1] for i in starts] == ["checker", "fibre", "tablet"]
+    # each category: its start, then its 4 images in one batch
+    assert all(events[i + 1] == ("predict", 4) for i in starts)

@@ -24,7 +24,7 @@ from zsbench.leaderboard.reported import (
     load_reported,
 )
 from zsbench.leaderboard.serve import make_server
-from zsbench.leaderboard.site_data import summarize
+from zsbench.leaderboard.site_data import common_datasets, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 FAPROMPT_METHODS = {"CLIP", "CLIP-AC", "WinCLIP", "APRIL-GAN", "AnoVL", "CoOp", "CoCoOp", "BLIP",
@@ -184,11 +184,16 @@ def _row(row_id: str, values: dict[str, float | None]) -> dict:
 def test_mean_rank_on_a_hand_made_case() -> None:
     rows = [_row("A", {"d1": 90.0, "d2": 80.0}), _row("B", {"d1": 70.0}),
             _row("C", {"d1": 90.0, "d2": 85.0, "d3": None}), _row("D", {})]
+    # common set {d1, d2}: 2 rows x 2 datasets = 4 values ranked (beats {d1}: 3 rows x 1)
+    assert common_datasets(rows, "m", ["d1", "d2", "d3"]) == ["d1", "d2"]
     s = summarize(rows, "m", ["d1", "d2", "d3"])
-    # d1: A and C tie for ranks 1-2 (1.5 each), B is 3rd; d2: C 1st, A 2nd; d3: nobody
+    # d1: A and C tie for ranks 1-2 (1.5 each); d2: C 1st, A 2nd; d3: nobody
     assert s["A"].mean == 85.0 and s["A"].mean_rank == 1.75 and s["A"].count == 2
-    assert s["B"].mean == 70.0 and s["B"].mean_rank == 3.0 and s["B"].count == 1
     assert s["C"].mean == 87.5 and s["C"].mean_rank == 1.25 and s["C"].count == 2
+    assert s["A"].ranked and s["C"].ranked
+    # B lacks d2: its mean is over its own dataset, it is not ranked (was rank 3.0 on d1 alone)
+    assert s["B"].mean == 70.0 and s["B"].mean_rank is None and s["B"].count == 1
+    assert not s["B"].ranked
     assert s["D"].mean is None and s["D"].mean_rank is None and s["D"].count == 0
     only_d2 = summarize(rows, "m", ["d2"])
     assert only_d2["B"].count == 0 and only_d2["A"].mean_rank == 2.0

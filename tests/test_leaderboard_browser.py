@@ -18,7 +18,7 @@ import pytest
 
 from tests.result_factory import make_result, write_result_file
 from zsbench.leaderboard.build import build
-from zsbench.leaderboard.site_data import summarize
+from zsbench.leaderboard.site_data import common_datasets, summarize
 
 CHROMIUM = Path(os.environ.get("ZSBENCH_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("ZSBENCH_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -114,6 +114,16 @@ def test_table_sort_filter_and_screenshot(site: tuple[Path, dict], browser: Any,
     expected_rows = rows_with(data, "image_auroc", all_ids)
     assert len(table_rows(browser)) == len(expected_rows) == 14
     assert len(browser.find_elements(By.CSS_SELECTOR, 'tr[data-kind="reproduced"]')) == 1
+    # the default view shows what Python computed: the common datasets, means, ranked or not
+    caption = browser.find_element(By.ID, "table-caption")
+    assert caption.get_attribute("data-common") == ",".join(data["summary_datasets"]
+                                                            ["image_auroc"])
+    for tr in table_rows(browser):
+        s = data["summary"]["image_auroc"][tr.get_attribute("data-row-id")]
+        mean = tr.find_element(By.CSS_SELECTOR, 'td[data-col="mean"]')
+        assert float(mean.get_attribute("data-exact")) == pytest.approx(s["mean"], abs=1e-6)
+        assert mean.get_attribute("data-ranked") == str(s["ranked"]).lower()
+    assert tr.get_attribute("data-row-id") == "reproduced/AnomalyCLIP/aaaaaaaaaaaa/paper"
     # NA is a dash: TPS has no AITEX value
     tps = browser.find_element(By.CSS_SELECTOR, 'tr[data-row-id="reported/tps_readme/TPS"]')
     assert tps.find_element(By.CSS_SELECTOR, 'td[data-dataset="aitex"]').text == DASH
@@ -150,16 +160,41 @@ def test_table_sort_filter_and_screenshot(site: tuple[Path, dict], browser: Any,
     shown = {tr.get_attribute("data-row-id"): tr for tr in table_rows(browser)}
     assert set(shown) == {r["id"] for r in expected}
     assert not any(r.startswith("reproduced/") for r in shown)  # it has no medical values
+    # the page names the common datasets of the ranking, as Python's common_datasets
+    common = common_datasets(expected, "image_auroc", medical)
+    caption = browser.find_element(By.ID, "table-caption")
+    assert caption.get_attribute("data-common") == ",".join(common)
+    assert f"over the {len(common)} datasets every ranked row has" in caption.text
+    assert common == ["headct", "brainmri", "br35h", "lag"]  # the FAPrompt tables' medical set
+    n_unranked = 0
     for row_id, tr in shown.items():
         s = summary[row_id]
         mean = tr.find_element(By.CSS_SELECTOR, 'td[data-col="mean"]')
         rank = tr.find_element(By.CSS_SELECTOR, 'td[data-col="rank"]')
         assert float(mean.get_attribute("data-exact")) == pytest.approx(s.mean, abs=1e-6)
-        assert float(rank.get_attribute("data-exact")) == pytest.approx(s.mean_rank, abs=1e-6)
         assert abs(float(mean.text) - s.mean) <= 0.05 + 1e-9
-        assert abs(float(rank.text) - s.mean_rank) <= 0.005 + 1e-9
+        assert mean.get_attribute("data-ranked") == ("true" if s.ranked else "false")
+        if s.ranked:
+            assert float(rank.get_attribute("data-exact")) == pytest.approx(s.mean_rank,
+                                                                            abs=1e-6)
+            assert abs(float(rank.text) - s.mean_rank) <= 0.005 + 1e-9
+        else:  # a mean over other datasets: grey, no rank, says what it lacks
+            n_unranked += 1
+            assert rank.text == DASH and rank.get_attribute("data-exact") is None
+            assert "unranked" in mean.get_attribute("class")
+            assert "not ranked: lacks" in mean.get_attribute("title")
         assert tr.find_element(By.CSS_SELECTOR, 'td[data-col="count"]').text == \
             f"{s.count}/{len(headers)}"
+    assert n_unranked == 2  # TPS (3 of the 4) and the AnomalyCLIP paper (+ COVID-19, no LAG)
+    # sorted by mean: ranked rows by their mean, unranked ones after them, never in between
+    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="mean"]').click()
+    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="mean"]').click()
+    order = [tr.get_attribute("data-row-id") for tr in table_rows(browser)]
+    assert [summary[r].ranked for r in order] == sorted((summary[r].ranked for r in order),
+                                                        reverse=True)
+    ranked_means = [summary[r].mean for r in order if summary[r].ranked]
+    assert len(ranked_means) == 11
+    assert ranked_means in (sorted(ranked_means), sorted(ranked_means, reverse=True))
 
     # training-data filter: only cells trained on VisA remain (the MVTec AD column)
     Select(browser.find_element(By.ID, "filter-domain")).select_by_value("all")

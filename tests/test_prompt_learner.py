@@ -165,3 +165,57 @@ def test_bad_input(tiny: Backbone) -> None:
         PromptLearner(tiny, "object.")
     with pytest.raises(ValueError, match="context length 77"):
         PromptLearner(tiny, ["word " * 80], n_ctx=2)()
+
+
+def test_fp16_cast_gradient_follows_upstream_order(tiny: Backbone) -> None:
+    """With the fp16 quirk, deep prompts are cast after their per-prompt expansion, as upstream
+    (``textual_context.expand(P, -1, -1).permute(1, 0, 2).half()``): each prompt's gradient is
+    rounded to fp16 before the expansion sums them. Casting first would round the sum."""
+    torch.manual_seed(8)
+    names = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal nut"]
+    learner = PromptLearner(tiny, ["a {} object.", "a damaged {} object."], n_ctx=6,
+                            deep_prompt_fp16_cast=True)
+    weights = torch.randn(len(names), 2, 32, generator=torch.Generator().manual_seed(9))
+    (learner(names) * weights).sum().backward()
+    actual = [p.grad.clone() for p in learner.deep_prompts]
+
+    texts = [text for name in names for text in learner.prompt_texts(name)]  # [C * P], C-major
+    ids = tiny.tokenize(texts)
+    n_flat = ids.shape[0]
+    embeddings = tiny.token_embedding(ids).clone()
+    embeddings[:, 1:7] = learner.ctx.detach().repeat(len(names), 1, 1)
+
+    def reference(cast_after_expand: bool) -> list[torch.Tensor]:
+        leaves = [p.detach().clone().requires_grad_(True) for p in learner.deep_prompts]
+        if cast_after_expand:  # upstream: expand to every prompt, permute to LND, then .half()
+            deep = [leaf.expand(n_flat, -1, -1).permute(1, 0, 2).half().permute(1, 0, 2)
+                    for leaf in leaves]
+        else:  # cast once, then the backbone expands the rounded tensor
+            deep = [leaf.half().float() for leaf in leaves]
+        out = tiny.encode_text(ids, embeddings, deep).reshape(len(names), 2, -1)
+        (out * weights).sum().backward()
+        return [leaf.grad for leaf in leaves]
+
+    upstream, cast_first = reference(True), reference(False)
+    with torch.no_grad():
+        torch.testing.assert_close(learner(names).reshape(n_flat, -1),
+                                   tiny.encode_text(ids, embeddings,
+                                                    learner.deep_prompt_values()),
+                                   rtol=0, atol=0)  # forward values: the same either way
+    order_effect = max((u - c).abs().max().item()
+                       for u, c in zip(upstream, cast_first, strict=True))
+    scale = max(u.abs().max().item() for u in upstream)
+    assert order_effect > 1e-4 * scale  # the case tells the two orders apart
+    for got, expected in zip(actual, upstream, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-3 * order_effect)
+
+
+def test_encode_text_takes_per_prompt_deep_prompts(tiny: Backbone) -> None:
+    torch.manual_seed(10)
+    ids = tiny.tokenize(["object.", "damaged object.", "a photo."])
+    deep = [torch.randn(4, 32) * 0.1 for _ in range(3)]
+    shared = tiny.encode_text(ids, deep_prompts=deep)
+    expanded = tiny.encode_text(ids, deep_prompts=[d.expand(3, -1, -1) for d in deep])
+    torch.testing.assert_close(expanded, shared, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"deep prompt 0 must have shape"):
+        tiny.encode_text(ids, deep_prompts=[torch.zeros(2, 4, 32)])

@@ -69,7 +69,11 @@ def test_run_writes_a_valid_result_with_sensible_numbers(data_dir, tmp_path):
     assert result["protocol"]["resolution"] == 64 and result["trained_on"] == []
     assert result["dataset"]["domain"] == "synthetic"
     assert len(result["dataset"]["fingerprint"]) >= 16
-    assert outcomes[0].path.parts[-2:] == ("none-to-synthetic_b", "synthetic_b.json")
+    assert outcomes[0].path.parts[-3] == "none-to-synthetic_b"
+    assert outcomes[0].path.parts[-2].startswith("full-seed111-res64-fp32-")
+    assert outcomes[0].path.name == "synthetic_b.json"
+    assert result["smoke"] is False and result["identity"]["limit"] is None
+    assert result["evaluation"]["map_dtype"] == "float32"
 
 
 def test_skip_existing_does_nothing(data_dir, tmp_path):

@@ -244,7 +244,9 @@ def test_meta_json_materialize_writes_pieces(tmp_path):
     with pytest.raises(ValueError, match="materialize"):
         export_meta(out, tmp_path / "meta.json")
     meta = read_meta(export_meta(out, tmp_path / "meta.json", tmp_path / "files"))
-    entries = meta["test"]["electrical_commutators"]
+    # pieces=3 follows AdaCLIP's split: 11 normal pieces in train, 4 normal + 3 defective in test
+    entries = meta["test"]["electrical_commutators"] + meta["train"]["electrical_commutators"]
+    assert len(meta["test"]["electrical_commutators"]) == 7
     assert len(entries) == 18 and len({e["img_path"] for e in entries}) == 18
     for e in entries:
         image = Image.open(tmp_path / "files" / e["img_path"])

@@ -66,7 +66,7 @@ def test_training_changes_only_declared_parameters(backbone: Backbone, two_epoch
     assert all(c[3] and not c[4] for c in calls)  # method in train mode, backbone in eval
     assert calls[0][0].startswith("train anomalyclip epoch 1/2 loss ")
     assert outcome.epochs == 2 and outcome.checkpoint == folder / "epoch_002.pt"
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_002.pt"]  # earlier ones pruned
     assert [h["epoch"] for h in outcome.history] == [1, 2]
     assert all(h["steps"] == 2 and h["loss"] > 0 for h in outcome.history)
 
@@ -118,6 +118,11 @@ def test_resume_equals_uninterrupted_run(backbone: Backbone, dataset: Dataset, t
                         uninterrupted.trainable_state_dict())
     assert resumed.history[0] == full.history[0] | {"seconds": resumed.history[0]["seconds"]}
     assert resumed.history[1]["loss"] == full.history[1]["loss"]
+    # the training time covers the epoch run before the interruption too
+    assert resumed.history[0]["seconds"] == first.history[0]["seconds"]
+    assert resumed.train_seconds == pytest.approx(first.history[0]["seconds"] +
+                                                  resumed.history[1]["seconds"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.pt"]  # epoch 1 pruned
 
 
 def test_existing_final_checkpoint_skips_training(backbone: Backbone, dataset: Dataset,

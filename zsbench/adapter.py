@@ -12,9 +12,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from zsbench.errors import ConfigError, DataError
 
-class DatasetLayoutError(ValueError):
+
+class DatasetLayoutError(DataError):
     """The raw folder does not have the layout the adapter expects; says what and where."""
+
+
+class AdapterOptionError(ConfigError):
+    """An adapter option the adapter does not take, or a value that does not parse."""
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_option(value: Any, kind: type, option: str, dataset: str) -> Any:
+    """An adapter option value (a command-line string, or already typed) as ``kind``: ``bool``
+    (true/false, yes/no, on/off, 1/0), ``int``, ``float`` or ``str``. A value that does not
+    parse raises :class:`AdapterOptionError` naming the option."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in TRUE_WORDS or text in FALSE_WORDS:
+            return text in TRUE_WORDS
+        raise AdapterOptionError(f"{dataset}: option {option}={value!r} must be true or false")
+    if kind in (int, float):
+        if isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        if not isinstance(value, (bool, bytes)):
+            try:
+                number = float(str(value).strip()) if kind is float else int(str(value).strip())
+            except ValueError:
+                pass
+            else:
+                if kind is int or number == number:  # NaN is not a value
+                    return number
+        kind_name = "an integer" if kind is int else "a number"
+        raise AdapterOptionError(f"{dataset}: option {option}={value!r} must be {kind_name}")
+    if kind is str:
+        return value if isinstance(value, str) else str(value)
+    raise TypeError(f"{dataset}: option {option} declares the type {kind!r}; adapter options "
+                    "are bool, int, float or str")
+
+
+def convert_options(adapter_cls: type[DatasetAdapter], options: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """``options`` with each value converted to the type the adapter declares for it in
+    ``option_types`` (others unchanged)."""
+    types = getattr(adapter_cls, "option_types", {})
+    info = getattr(adapter_cls, "info", None)
+    dataset = getattr(info, "name", adapter_cls.__name__)
+    return {key: parse_option(value, types[key], key, dataset) if key in types else value
+            for key, value in options.items()}
 
 
 @dataclass(frozen=True)
@@ -58,9 +109,13 @@ class DatasetAdapter:
     """Base class of adapters; subclasses set ``info`` and implement :meth:`records`."""
 
     info: ClassVar[DatasetInfo]
+    #: option name -> type (bool, int, float, str); command-line strings are converted to it
+    #: (``strict=false`` is False) and values that do not parse are an error naming the option.
+    #: Without ``options_accepted``, these names are the options the adapter takes.
+    option_types: ClassVar[dict[str, type]] = {}
 
     def __init__(self, **options: Any):
-        self.options = options
+        self.options = convert_options(type(self), options)
 
     def records(self, raw_dir: Path) -> Iterator[RawRecord]:
         """Yield every image of the download under ``raw_dir``."""

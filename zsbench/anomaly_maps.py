@@ -49,12 +49,16 @@ def tokens_to_grid(values: Tensor, grid: tuple[int, int]) -> Tensor:
     return values.reshape(values.shape[0], h, w, values.shape[-1]).permute(0, 3, 1, 2)
 
 
-def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Bilinear upsampling (align_corners=False, no antialias) of [B, h, w] or [B, C, h, w]."""
+def upsample(maps: Tensor, size: int | tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear upsampling (no antialias) of [B, h, w] or [B, C, h, w].
+
+    ``align_corners=False`` (the default, the AnomalyCLIP family) maps pixel areas onto each
+    other; ``True`` (e.g. AnoVL's ``vl_test.py``) puts the corner patch centres on the corner
+    pixels, as ``F.interpolate(..., align_corners=True)``."""
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
     size = (size, size) if isinstance(size, int) else size
-    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=align_corners)
     return x.squeeze(1) if squeeze else x
 
 

@@ -11,13 +11,14 @@ the source file and its sha256.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from zsbench.errors import CheckpointError, ConfigError
 from zsbench.method import AnomalyMethod, MethodConfig, build_method
 from zsbench.provenance import sha256_file
 from zsbench.registry import METHODS
@@ -34,52 +35,61 @@ def read_upstream_checkpoint(file: str | Path) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors have many types
-        raise ValueError(f"cannot read upstream checkpoint {file} with torch.load(weights_only="
-                         f"True): {type(err).__name__}: {err}") from err
+        raise CheckpointError(f"cannot read upstream checkpoint {file} with torch.load("
+                              f"weights_only=True): {type(err).__name__}: {err}") from err
 
 
 def check_converted_state(method: AnomalyMethod, state: Mapping[str, Any], source: Path) -> None:
-    """Raise a ValueError naming ``source``, the key and both shapes if ``state`` does not fit."""
+    """Raise a :class:`CheckpointError` naming ``source``, the key and both shapes if ``state``
+    does not fit."""
     expected = method.trainable_state_dict()
     name = method.info.name
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: converted {name} checkpoint does not fit: missing "
-                         f"{missing}, unexpected {unexpected}")
+        hint = (" (was it trained with other options? --preset upstream builds the method as "
+                "the upstream code does)" if "upstream" in type(method).presets else "")
+        raise CheckpointError(f"{source}: converted {name} checkpoint does not fit: missing "
+                              f"{missing}, unexpected {unexpected}{hint}")
     for key, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{source}: {key!r} is a {type(tensor).__name__}, not a tensor")
+            raise CheckpointError(f"{source}: {key!r} is a {type(tensor).__name__}, not a tensor")
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)} but "
-                             f"{name} on backbone {method.backbone.name!r} expects "
-                             f"{tuple(expected[key].shape)} (a checkpoint for another backbone?)")
+            raise CheckpointError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)} but "
+                                  f"{name} on backbone {method.backbone.name!r} expects "
+                                  f"{tuple(expected[key].shape)} (a checkpoint for another "
+                                  "backbone?)")
 
 
 def import_checkpoint(method_name: str, file: str | Path, out: str | Path,
                       overrides: Mapping[str, Any] | MethodConfig | None = None, *,
-                      device: str | torch.device = "cpu", backbone: nn.Module | None = None
-                      ) -> Path:
+                      device: str | torch.device = "cpu", backbone: nn.Module | None = None,
+                      trained_on: Sequence[str] | None = None) -> Path:
     """Convert upstream checkpoint ``file`` of ``method_name`` into a zsbench checkpoint at
-    ``out`` (method built with ``overrides``, e.g. the backbone); returns ``out``."""
+    ``out`` (method built with ``overrides``, e.g. the backbone); returns ``out``.
+
+    ``trained_on`` names the auxiliary datasets the upstream file was trained on (e.g.
+    ``["visa"]``); it is recorded, so that evaluating it under a protocol that trains on other
+    data is an error. Without it the checkpoint records none."""
     cls = METHODS.get(method_name)
     name = cls.info.name
     convert = getattr(cls, "convert_upstream_checkpoint", None)
     if convert is None:
         importable = [n for n in METHODS.names()
                       if hasattr(METHODS.get(n), "convert_upstream_checkpoint")]
-        raise ValueError(f"method {name!r} cannot import upstream checkpoints (it has no "
-                         f"convert_upstream_checkpoint); methods that can: "
-                         f"{', '.join(importable) or 'none'}")
+        raise ConfigError(f"method {name!r} cannot import upstream checkpoints (it has no "
+                          f"convert_upstream_checkpoint); methods that can: "
+                          f"{', '.join(importable) or 'none'}")
     file = Path(file)
     obj = read_upstream_checkpoint(file)
     try:
         state = convert(obj)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{file} is not an upstream {name} checkpoint: {err}") from err
+        raise CheckpointError(f"{file} is not an upstream {name} checkpoint: {err}") from err
     method = build_method(name, overrides, device=device, backbone=backbone)
     check_converted_state(method, state, file)
     method.load_trainable_state_dict(state)
     source = {"imported_from": {"file": file.name, "sha256": sha256_file(file)}}
-    path = save_checkpoint(method, out, epoch=0, extra=source)
+    path = save_checkpoint(method, out, epoch=0, extra=source,
+                           trained_on=None if trained_on is None else list(trained_on))
     logger.info("imported %s checkpoint %s -> %s", name, file, path)
     return path

@@ -3,46 +3,119 @@
 A *source* is a prepared folder (``<data_dir>/<name>/`` with ``data/*.parquet`` and
 ``README.md``) or a Hub dataset repo id, optionally with a config: ``org/repo`` or
 ``org/repo:mvtec`` (the config is the dataset id; ``zsbench data push`` writes one config per
-dataset).
+dataset), optionally pinned to a revision (a commit sha, tag or branch):
+``org/repo:mvtec@3f2a9c1...``. A pinned source loads, fingerprints and reads its card at that
+revision, and the run records it (``dataset.revision``), so a result names the exact data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from zsbench.dataset_card import parse_card, read_card_file
+from zsbench.errors import DataError, ZsbenchError
 
 logger = logging.getLogger(__name__)
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?(@[\w./-]+)?$")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(DataError):
     """A source that is neither a prepared folder nor a Hub repo id, or lacks a split/category."""
 
 
-class RehostingNotAllowed(PermissionError):
-    """The dataset's licence does not allow publishing it (override: ``i_have_rights``)."""
+class RehostingNotAllowed(ZsbenchError, PermissionError):
+    """The dataset's licence does not allow publishing it (override: ``i_have_rights``).
+
+    ``dataset`` and ``license`` are attributes, so a caller can word the override its own way
+    (:func:`rehosting_refusal`, e.g. ``--i-have-rights`` on the command line)."""
+
+    dataset: str = ""
+    license: str = ""
+
+
+class HubUnreachableError(ZsbenchError, ConnectionError):
+    """The Hugging Face Hub could not be reached or refused the request (offline, no token)."""
+
+
+def rehosting_refusal(dataset: str, license: str, override: str = "i_have_rights=True") -> str:
+    """The message refusing to publish ``dataset``, naming ``override`` as the way out."""
+    return (f"{dataset}: its licence ({license}) does not allow re-hosting the data; build it "
+            f"locally instead, or pass {override} if you hold the rights to publish it")
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Errors of talking to the Hub: OS errors (HTTP, offline mode, token) and the HTTP
+    client's own (not OS errors in every huggingface_hub version)."""
+    try:
+        from huggingface_hub.errors import HTTPError
+    except ImportError:
+        return (OSError,)
+    return (OSError, HTTPError)
 
 
 def is_local(source: str | Path) -> bool:
     return Path(source).is_dir()
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def image_error_reason(err: BaseException) -> str:
+    """Why image bytes could not be decoded, without Pillow's ``<_io.BytesIO object at 0x..>``
+    (the caller names the file or record)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not a readable image (unknown format or a corrupt header)"
+    return _OBJECT_REPR.sub("", str(err)).strip() or type(err).__name__
+
+
+def looks_like_local_path(text: str) -> bool:
+    """True for a source meant as a local path rather than a Hub id ``org/name[:config]``:
+    it starts with ``.``, ``/`` or ``~``, has a separator without the org/name shape, or its
+    first part exists here (``data/mvtecc`` beside a ``data/`` folder)."""
+    if text.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in text):
+        return True
+    if "/" in text and not HUB_ID.match(text):
+        return True
+    return "/" in text and Path(text.split("/", 1)[0]).exists()
+
+
 def parse_hub_source(source: str) -> tuple[str, str | None]:
-    """``org/repo[:config]`` -> (repo id, config or None)."""
+    """``org/repo[:config][@revision]`` -> (repo id, config or None); see
+    :func:`parse_pinned_source` for the revision."""
+    repo, config, _ = parse_pinned_source(source)
+    return repo, config
+
+
+def parse_pinned_source(source: str) -> tuple[str, str | None, str | None]:
+    """``org/repo[:config][@revision]`` -> (repo id, config or None, revision or None)."""
     if not HUB_ID.match(source):
         raise DataSourceError(f"{source!r} is neither a prepared dataset folder nor a Hub repo "
-                              "id of the form org/name[:config]")
+                              "id of the form org/name[:config][@revision]")
+    source, _, revision = source.partition("@")
     repo, _, config = source.partition(":")
-    return repo, config or None
+    return repo, config or None, revision or None
+
+
+def pinned_revision(source: str, revision: str | None) -> str | None:
+    """The revision of a Hub source: the ``revision`` argument or the one in the source string
+    (``org/name@rev``); both, and different, is an error naming them."""
+    _, _, pinned = parse_pinned_source(source)
+    if revision and pinned and revision != pinned:
+        raise DataSourceError(f"{source!r} is pinned to {pinned!r} but revision={revision!r} "
+                              "was also given; use one")
+    return revision or pinned
 
 
 def prepared_names(data_dir: str | Path) -> list[str]:
@@ -69,6 +142,16 @@ def resolve_source(name_or_path: str | Path, data_dir: str | Path | None = None)
         candidate = Path(data_dir).expanduser() / text
         if (candidate / "data").is_dir():
             return str(candidate)
+    if looks_like_local_path(text):
+        if path.exists():
+            raise DataSourceError(f"{path} is a file, not a prepared dataset folder")
+        parent = path.parent
+        while not parent.exists() and parent.parent != parent:
+            parent = parent.parent
+        from zsbench.raw_files import describe_folder
+
+        shown = str(path) if text.startswith("~") else text
+        raise DataSourceError(f"not found: {shown} ({describe_folder(parent)})")
     if "/" in text and HUB_ID.match(text) and not path.exists():
         return text
     held = prepared_names(data_dir) if data_dir is not None else []
@@ -90,15 +173,68 @@ def local_splits(folder: str | Path) -> list[str]:
     return sorted({p.name.split("-", 1)[0] for p in local_shards(folder)})
 
 
-def _local_categories(files: Sequence[Path]) -> list[str]:
+class ShardError(DataError):
+    """A Parquet shard of a prepared dataset that cannot be read (truncated, corrupt)."""
+
+
+def read_shard(shard: Path, columns: Sequence[str] | None = None) -> Any:
+    """``pyarrow.parquet.read_table`` of one shard; a corrupt shard raises :class:`ShardError`
+    naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.read_table(shard, columns=None if columns is None else list(columns))
+    except (pa.ArrowException, OSError) as err:
+        raise ShardError(f"{shard}: not a readable Parquet shard ({_shard_reason(err)}); "
+                         "prepare the dataset again (zsbench data prepare ... --overwrite)"
+                         ) from err
+
+
+def _shard_reason(err: BaseException) -> str:
+    text = re.sub(r" '[^']*'", "", str(err).splitlines()[0] if str(err) else "")
+    return " ".join(text.split()) or type(err).__name__
+
+
+def check_shards(files: Sequence[Path]) -> None:
+    """Open every shard's footer (cheap): a truncated shard raises :class:`ShardError`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for shard in files:
+        try:
+            pq.ParquetFile(shard).close()
+        except (pa.ArrowException, OSError) as err:
+            raise ShardError(f"{shard}: not a readable Parquet shard ({_shard_reason(err)}); "
+                             "prepare the dataset again (zsbench data prepare ... --overwrite)"
+                             ) from err
+
+
+def _local_categories(files: Sequence[Path]) -> list[str]:
     values: set[str] = set()
     for file in files:
-        values.update(pq.read_table(file, columns=["category"]).column(0).unique().to_pylist())
+        values.update(read_shard(file, ["category"]).column(0).unique().to_pylist())
     return sorted(values)
 
 
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Hide the ``datasets`` progress bars ("Generating test split: ...", "Filter: ...") inside
+    zsbench's own loads, then restore the caller's setting; the environment variable
+    ``HF_DATASETS_DISABLE_PROGRESS_BARS`` still wins."""
+    import datasets
+
+    if "HF_DATASETS_DISABLE_PROGRESS_BARS" in os.environ or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
+
+
+@quiet_datasets()
 def load(source: str | Path, split: str = "test", categories: Iterable[str] | None = None,
          streaming: bool = False, *, decode: bool = True, revision: str | None = None,
          cache_dir: str | None = None) -> Any:
@@ -107,6 +243,8 @@ def load(source: str | Path, split: str = "test", categories: Iterable[str] | No
     ``categories`` keeps only those categories (unknown names are an error for local folders).
     ``decode=False`` leaves ``image``/``mask`` as ``{"bytes", "path"}`` dicts (the evaluator
     decodes them itself); the same as ``cast_column(col, datasets.Image(decode=False))``.
+    A Hub source loads at ``revision`` (a commit sha, tag or branch), or at the one pinned in
+    the source string (``org/name:config@revision``).
     """
     import datasets
 
@@ -119,19 +257,26 @@ def load(source: str | Path, split: str = "test", categories: Iterable[str] | No
         if not files:
             raise DataSourceError(f"{text}: no '{split}' split; available splits: "
                                   f"{', '.join(local_splits(text)) or 'none'}")
+        check_shards(files)
         if wanted is not None:
             known = _local_categories(files)
             unknown = [c for c in wanted if c not in known]
             if unknown:
                 raise DataSourceError(f"{text}: unknown categories {unknown} in split "
                                       f"{split!r}; known: {', '.join(known)}")
-        ds = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]},
-                                   split=split, streaming=streaming, features=features(),
-                                   cache_dir=cache_dir)
+        try:
+            ds = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]},
+                                       split=split, streaming=streaming, features=features(),
+                                       cache_dir=cache_dir)
+        except Exception:
+            for shard in files:  # name the shard at fault (a corrupt page past the footer)
+                read_shard(shard)
+            raise
     else:
         repo, config = parse_hub_source(text)
         ds = datasets.load_dataset(repo, config, split=split, streaming=streaming,
-                                   revision=revision, cache_dir=cache_dir)
+                                   revision=pinned_revision(text, revision),
+                                   cache_dir=cache_dir)
     if wanted is not None:
         keep = set(wanted)
         ds = ds.filter(lambda cats: [c in keep for c in cats], input_columns="category",
@@ -159,6 +304,7 @@ def dataset_fingerprint(source: str | Path, *, revision: str | None = None,
                     digest.update(chunk)
         return f"sha256:{digest.hexdigest()}"
     repo, _ = parse_hub_source(text)
+    revision = pinned_revision(text, revision)
     if api is None:
         from huggingface_hub import HfApi
 
@@ -178,8 +324,14 @@ def read_card(source: str | Path, *, revision: str | None = None) -> dict[str, A
     from huggingface_hub import hf_hub_download
 
     repo, config = parse_hub_source(text)
+    revision = pinned_revision(text, revision)
     filename = f"{config}/README.md" if config else "README.md"
-    path = hf_hub_download(repo, filename, repo_type="dataset", revision=revision)
+    try:
+        path = hf_hub_download(repo, filename, repo_type="dataset", revision=revision)
+    except _hub_errors() as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise HubUnreachableError(f"cannot read the card {filename} of the Hub dataset {repo}: "
+                                  f"{type(err).__name__}: {reason}") from err
     return read_card_file(path)
 
 
@@ -190,16 +342,13 @@ def dataset_info(source: str | Path) -> dict[str, Any]:
 
     text = str(source)
     if is_local(text):
-        import pyarrow.parquet as pq
-
         shards = local_shards(text)
         if not shards:
             raise DataSourceError(f"{text}: no Parquet shards under data/")
         rows: list[dict[str, Any]] = []
         name = None
         for shard in shards:
-            table = pq.read_table(shard, columns=["dataset", "split", "category", "label",
-                                                  "has_mask"])
+            table = read_shard(shard, ["dataset", "split", "category", "label", "has_mask"])
             batch = table.to_pylist()
             if batch and name is None:
                 name = batch[0]["dataset"]
@@ -282,20 +431,35 @@ def push(name_or_path: str | Path, repo_id: str, *, data_dir: str | Path | None 
     if not is_local(source):
         raise DataSourceError(f"{source!r} is not a local prepared dataset; only prepared "
                               "folders can be pushed")
-    if not HUB_ID.match(repo_id) or ":" in repo_id:
+    if not HUB_ID.match(repo_id) or ":" in repo_id or "@" in repo_id:
         raise DataSourceError(f"--repo {repo_id!r} must look like ORG/NAME")
     card = read_card(source)
     block = card.get("zsbench", {})
     config = block.get("dataset") or Path(source).name
     if not block.get("rehostable", False) and not i_have_rights:
-        raise RehostingNotAllowed(
-            f"{config}: its licence ({block.get('license', 'unknown')}) does not allow "
-            "re-hosting the data; build it locally instead, or pass i_have_rights "
-            "(--i-have-rights) if you hold the rights to publish it")
+        license = str(block.get("license", "unknown"))
+        refusal = RehostingNotAllowed(rehosting_refusal(config, license))
+        refusal.dataset, refusal.license = config, license
+        raise refusal
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
+    try:
+        _upload(api, source, repo_id, config, private)
+    except _hub_errors() as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise HubUnreachableError(f"could not push {config} to the Hub dataset repo {repo_id}: "
+                                  f"{type(err).__name__}: {reason} (check the network, "
+                                  "HF_HUB_OFFLINE and your token: 'hf auth login')") from err
+    logger.info("pushed %s to %s (config %s)", source, repo_id, config)
+    return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _upload(api: Any, source: str, repo_id: str, config: str, private: bool) -> None:
+    """The Hub calls of :func:`push`: the config's files, then the merged root card."""
+    from huggingface_hub.errors import EntryNotFoundError
+
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=source,
                       path_in_repo=config, delete_patterns=["data/*.parquet"],
@@ -304,7 +468,8 @@ def push(name_or_path: str | Path, repo_id: str, *, data_dir: str | Path | None 
     try:
         existing_path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset")
         existing = Path(existing_path).read_text(encoding="utf-8")
-    except Exception as err:  # a new repo has no card yet (EntryNotFound and similar)
+    except (EntryNotFoundError, FileNotFoundError) as err:  # a new repo has no card yet
+        # (a network error is not "no card": merging into nothing would drop other configs)
         logger.info("%s has no README.md yet (%s)", repo_id, type(err).__name__)
     local_text = (Path(source) / "README.md").read_text(encoding="utf-8")
     local_card = parse_card(local_text)
@@ -312,5 +477,3 @@ def push(name_or_path: str | Path, repo_id: str, *, data_dir: str | Path | None 
     api.upload_file(path_or_fileobj=root.encode("utf-8"), path_in_repo="README.md",
                     repo_id=repo_id, repo_type="dataset",
                     commit_message=f"zsbench: list config {config}")
-    logger.info("pushed %s to %s (config %s)", source, repo_id, config)
-    return f"https://huggingface.co/datasets/{repo_id}"

@@ -39,6 +39,13 @@ class DemoOutcome:
     site: Path | None = None
     seconds: float = 0.0
 
+    @property
+    def result_files(self) -> list[Path]:
+        """The result JSONs of this demo's settings (written or skipped as identical), not
+        whatever else an earlier demo with other settings left in ``results_dir``."""
+        return [o.path for outcomes in self.outcomes.values() for o in outcomes
+                if o.path is not None]
+
 
 def prepare_demo_data(out_dir: Path, size: int = 128, n_normal: int = 8, n_anomalous: int = 8
                       ) -> Path:
@@ -82,6 +89,6 @@ def run_demo(out_dir: str | Path = "zsbench-demo", methods: Sequence[str] | None
         except ImportError:
             logger.warning("leaderboard builder not available; no site built")
         else:
-            outcome.site = build_site([outcome.results_dir], out_dir / "site")
+            outcome.site = build_site(outcome.result_files, out_dir / "site")
     outcome.seconds = time.perf_counter() - start
     return outcome

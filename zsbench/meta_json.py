@@ -23,6 +23,7 @@ from typing import Any
 
 from zsbench.adapter import DatasetInfo, DatasetLayoutError, RawRecord
 from zsbench.atomic import write_bytes, write_text
+from zsbench.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,12 @@ def export_meta(source: str | Path, out: str | Path,
                 mask_path = f"masks/{mask_path}"
                 write_bytes(target / mask_path, mask["bytes"])
         elif image_path in used:
-            raise ValueError(f"{source}: several images come from {image_path!r} (pieces cut by "
-                             "the adapter); export them with materialize (--materialize DIR)")
+            raise DataError(f"{source}: several images come from {image_path!r} (pieces cut by "
+                            "the adapter); export them with materialize (--materialize DIR)")
         used.add(image_path)
         if row["label"] == 1 and row["has_mask"] and not mask_path:
-            raise ValueError(f"{source}: the mask of {row['source_path']!r} was built by the "
-                             "adapter and has no file in the download; use materialize")
+            raise DataError(f"{source}: the mask of {row['source_path']!r} was built by the "
+                            "adapter and has no file in the download; use materialize")
         entry = {"img_path": image_path, "mask_path": mask_path, "cls_name": row["category"],
                  "specie_name": row["defect_type"], "anomaly": int(row["label"])}
         meta.setdefault(row["split"], {}).setdefault(row["category"], []).append(entry)

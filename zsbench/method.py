@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from zsbench.errors import ConfigError
 from zsbench.registry import METHODS
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,17 @@ class MethodConfig:
     pretrained: str | None = option(
         "openai", "open_clip pretrained tag, a local weights file, or none (random weights)")
     image_size: int = option(518, "input side in pixels (a multiple of the patch size)")
-    precision: str = option("fp32", "fp32, bf16 or fp16 (autocast on CUDA only)")
+    precision: str = option("fp32", "fp32 (float32, also inside an enclosing autocast), bf16 or "
+                                    "fp16 (autocast on the backbone's device, CUDA or CPU)")
+    pos_embed_interpolation: str = option(
+        "bilinear", "resize of the vision position embedding to the input's patch grid: "
+                    "'bilinear' (F.interpolate bilinear, align_corners=False, no antialias: "
+                    "upstream AnomalyCLIP, FAPrompt, TPS) or 'bicubic-antialias' (bicubic, "
+                    "antialias=True, align_corners=False: open_clip resize_pos_embed, as in "
+                    "APRIL-GAN's bundled open_clip/model.py)")
+    input_interpolation: str = option(
+        "bicubic", "filter of the input resize to image_size (PIL, antialiased): bicubic (the "
+                   "AnomalyCLIP family) or bilinear (torchvision Resize's default on PIL images)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class AnomalyMethod(nn.Module):
 
     info: ClassVar[MethodInfo]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    #: named sets of config values, e.g. ``{"upstream": {...}}``: every quirk flag set to what
+    #: the upstream code does. ``make_config(..., preset=NAME)`` applies one before overrides.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, config: MethodConfig, backbone: nn.Module):
         super().__init__()
@@ -85,6 +99,10 @@ class AnomalyMethod(nn.Module):
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         """Score a batch of preprocessed images ``[B, 3, S, S]``; ``class_names`` has B words."""
         raise NotImplementedError
+
+    def start_category(self, category: str) -> None:
+        """Called by the evaluator before the first image of each category; a method that keeps
+        state across images (AnoVL's per-class test-time optimizer) resets it here."""
 
     # -- training (trainable methods only) ---------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
@@ -149,15 +167,20 @@ def _coerce(value: Any, annotation: Any, field_name: str) -> Any:
                 return _coerce(value, arg, field_name)
             except (TypeError, ValueError):
                 continue
-        raise ValueError(f"cannot read {value!r} for config field {field_name!r} ({annotation})")
+        raise ConfigError(f"cannot read {value!r} for config field {field_name!r} ({annotation})")
     if annotation is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"config field {field_name!r} expects true/false, got {value!r}")
+        raise ConfigError(f"config field {field_name!r} expects true/false, got {value!r}")
     if annotation in (int, float):
-        return annotation(value)
+        try:
+            return annotation(value)
+        except ValueError:
+            kind = "an integer" if annotation is int else "a number"
+            raise ConfigError(f"config field {field_name!r} expects {kind}, got {value!r}"
+                              ) from None
     if origin in (tuple, list):
         items = [v for v in value.replace(" ", "").strip("()[]").split(",") if v]
         inner = args[0] if args else str
@@ -165,16 +188,28 @@ def _coerce(value: Any, annotation: Any, field_name: str) -> Any:
     return value
 
 
-def make_config(method: str | type[AnomalyMethod], overrides: Mapping[str, Any] | None = None
-                ) -> MethodConfig:
-    """Build a method's config from its defaults and ``overrides`` (strings are parsed)."""
+def preset_values(method: str | type[AnomalyMethod], preset: str) -> dict[str, Any]:
+    """The config values of a method's named preset; an unknown name lists the known ones."""
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    if preset not in cls.presets:
+        known = ", ".join(sorted(cls.presets)) or "none"
+        raise ConfigError(f"method {cls.info.name!r} has no preset {preset!r}; presets: {known}")
+    return dict(cls.presets[preset])
+
+
+def make_config(method: str | type[AnomalyMethod], overrides: Mapping[str, Any] | None = None,
+                preset: str | None = None) -> MethodConfig:
+    """Build a method's config from its defaults, then the named ``preset`` (if any), then
+    ``overrides`` (strings are parsed)."""
     cls = METHODS.get(method) if isinstance(method, str) else method
     fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+    values = preset_values(cls, preset) if preset else {}
+    values.update(overrides or {})
     kwargs = {}
-    for key, value in (overrides or {}).items():
+    for key, value in values.items():
         if key not in fields:
-            raise ValueError(f"method {cls.info.name!r} has no config option {key!r}; "
-                             f"options: {', '.join(sorted(fields))}")
+            raise ConfigError(f"method {cls.info.name!r} has no config option {key!r}; "
+                              f"options: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(value, fields[key].type, key)
     return cls.config_class(**kwargs)
 
@@ -184,8 +219,11 @@ def config_to_dict(config: MethodConfig) -> dict[str, Any]:
 
 
 def config_hash(method: str, config: MethodConfig) -> str:
-    """Short stable hash of a method name and its full config (12 hex digits)."""
-    blob = json.dumps({"method": method, "config": config_to_dict(config)}, sort_keys=True)
+    """Short stable hash of a method name and its full config (12 hex digits); a local weights
+    file enters by its sha256, not its path (:func:`zsbench.identity.method_identity`)."""
+    from zsbench.identity import method_identity
+
+    blob = json.dumps(method_identity(method, config_to_dict(config)), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -203,7 +241,8 @@ def describe_method(name: str) -> dict[str, Any]:
     prompts = describe_prompts(defaults) if describe_prompts else {}
     info = dataclasses.asdict(cls.info)
     info["source"] = entry.source
-    return {"info": info, "options": options, "prompts": prompts}
+    presets = {name: dict(values) for name, values in cls.presets.items()}
+    return {"info": info, "options": options, "prompts": prompts, "presets": presets}
 
 
 def build_method(name: str, overrides: Mapping[str, Any] | MethodConfig | None = None,
@@ -216,7 +255,16 @@ def build_method(name: str, overrides: Mapping[str, Any] | MethodConfig | None =
     config = overrides if isinstance(overrides, MethodConfig) else make_config(cls, overrides)
     if backbone is None:
         backbone = load_backbone(config.backbone, config.pretrained, image_size=config.image_size,
-                                 device=device, precision=config.precision)
+                                 device=device, precision=config.precision,
+                                 pos_embed_interpolation=config.pos_embed_interpolation)
+    elif hasattr(backbone, "with_options"):  # a given backbone computes as the config says
+        adapted = backbone.with_options(precision=config.precision,
+                                        pos_embed_interpolation=config.pos_embed_interpolation)
+        if adapted is not backbone:
+            logger.info("%s: the given backbone runs with precision=%s, pos_embed_interpolation=%s "
+                        "(the method config; weights shared)", cls.info.name, config.precision,
+                        config.pos_embed_interpolation)
+        backbone = adapted
     method = cls(config, backbone)
     logger.info("built method %s (%s) on %s", cls.info.name, config_hash(cls.info.name, config),
                 device)

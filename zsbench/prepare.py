@@ -5,6 +5,8 @@ Encoding rules (the adapter contract, :mod:`zsbench.adapter`):
 
 * Images: PNG and JPEG bytes are stored as they are (RGBA and greyscale included); other
   formats (BMP, TIFF) are re-encoded to PNG losslessly. Width and height come from the header.
+  Every image and mask is decoded in full once, so a truncated or corrupt file fails here, with
+  the dataset, category and file named, rather than later in a run.
 * Masks become single-channel PNGs with values 0/255. A pixel is foreground when its value is
   ``> threshold``: ``extra["mask_threshold"]`` if the adapter sets it, else 127 for JPEG masks
   (compression noise) and 0 for every other format (VisA's defect ids 1..k become 255). Palette
@@ -12,12 +14,16 @@ Encoding rules (the adapter contract, :mod:`zsbench.adapter`):
 * A normal image has no mask: an all-zero mask given for it is dropped, a non-zero one is an
   error. ``extra["crop"] = (left, top, right, bottom)`` crops image and mask (stored as PNG);
   ``extra["piece"]`` enters the sample id.
-* Adapter options: an adapter that lists ``options_accepted`` (a tuple of names) gets unknown
-  options rejected with an error naming them.
+* Adapter options: an adapter that lists ``options_accepted`` (a tuple of names), or declares
+  ``option_types``, gets unknown options rejected with an error naming them; values are
+  converted to the declared types first (``strict=false`` is False, see
+  :func:`zsbench.adapter.convert_options`).
 
 Work runs in a thread pool (decoding and PNG encoding release the GIL) with a bounded window,
 so memory stays near one shard. Preparing again with the same inputs (adapter, options, zsbench
-version, the raw folder's file names, sizes and times) is a no-op.
+version, the raw folder's file names, sizes and times) is a no-op. The output folder's
+writability is checked before any work, and staging folders left by a killed run are removed
+(:func:`zsbench.atomic.remove_stale_staging`).
 """
 
 from __future__ import annotations
@@ -37,12 +43,22 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from PIL import Image
 
 from zsbench import __version__
-from zsbench.adapter import DatasetAdapter, DatasetInfo, DatasetLayoutError, RawRecord
-from zsbench.atomic import atomic_directory
+from zsbench.adapter import (
+    AdapterOptionError,
+    DatasetAdapter,
+    DatasetInfo,
+    DatasetLayoutError,
+    RawRecord,
+    convert_options,
+)
+from zsbench.atomic import atomic_directory, ensure_writable_dir, remove_stale_staging
+from zsbench.data import image_error_reason
 from zsbench.dataset_card import read_card_file, render_card
+from zsbench.errors import DataError
 from zsbench.raw_files import describe_folder
 from zsbench.schema import (
     NORMAL_DEFECT_TYPE,
@@ -64,7 +80,7 @@ PNG_COMPRESS_LEVEL = 3
 KEPT_FORMATS = ("PNG", "JPEG")
 
 
-class PrepareError(ValueError):
+class PrepareError(DataError):
     """Preparing failed for a reason that names the dataset and the file or option at fault."""
 
 
@@ -97,9 +113,13 @@ def encode_image(source: Path | bytes, crop: tuple[int, int, int, int] | None = 
                  ) -> tuple[bytes, int, int]:
     """Stored bytes and (width, height): PNG/JPEG kept as is, the rest re-encoded to PNG."""
     data = _read(source)
-    if crop is None and _sniff_format(data) in KEPT_FORMATS:
-        with Image.open(io.BytesIO(data)) as img:  # header only
+    fmt = _sniff_format(data)
+    if crop is None and fmt in KEPT_FORMATS:
+        with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+            if fmt == "JPEG":  # DCT-scaled decoding still reads every byte, at less cost
+                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+            img.load()  # decode fully: a truncated or corrupt file fails here, not in a run
         return data, width, height
     with Image.open(io.BytesIO(data)) as img:
         img.load()
@@ -177,15 +197,17 @@ def encode_record(record: RawRecord, info: DatasetInfo) -> dict[str, Any]:
     try:
         image_bytes, width, height = encode_image(record.image, crop)
     except Exception as err:
-        raise PrepareError(f"{name}: cannot read the image {_describe(record.image, record)}: "
-                           f"{err}") from err
+        raise PrepareError(f"{name}: cannot read the image {_describe(record.image, record)} "
+                           f"(category {record.category!r}): {image_error_reason(err)}"
+                           ) from err
     mask_bytes = None
     if record.mask is not None:
         try:
             mask, encoded = encode_mask(record.mask, record.extra.get("mask_threshold"), crop)
         except Exception as err:
-            raise PrepareError(f"{name}: cannot read the mask {_describe(record.mask, record)}: "
-                               f"{err}") from err
+            raise PrepareError(f"{name}: cannot read the mask {_describe(record.mask, record)} "
+                               f"(category {record.category!r}, image {record.source_path!r}): "
+                               f"{image_error_reason(err)}") from err
         if mask.shape != (height, width):
             raise PrepareError(f"{name}: the mask {_describe(record.mask, record)} is "
                                f"{mask.shape[1]}x{mask.shape[0]} but the image "
@@ -352,16 +374,107 @@ def inputs_key(name: str, adapter: type[DatasetAdapter], raw_dir: Path,
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in 4 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_checksum(raw_dir: str | Path) -> str:
+    """``sha256:<hex>`` over the raw folder's file list and contents: for every file in path
+    order, its posix path relative to ``raw_dir``, its size, then its bytes. Names, sizes and
+    contents count, times do not: a re-download with the same files gives the same checksum,
+    one that differs in any byte or file does not."""
+    raw_dir = Path(raw_dir)
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(raw_dir):
+        dirs.sort()
+        for file in sorted(files):
+            path = Path(folder) / file
+            rel = path.relative_to(raw_dir).as_posix()
+            digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+class VerifyError(DataError):
+    """A prepared folder whose shards, or raw source, differ from what its card records."""
+
+
+def _with_integrity(card: str, source_sha256: str, shard_sha256: dict[str, str]) -> str:
+    """The card text with ``zsbench.source_sha256`` and ``zsbench.shard_sha256`` added."""
+    from zsbench.dataset_card import parse_card
+
+    header = parse_card(card)
+    body = header.pop("body")
+    block = header.setdefault("zsbench", {})
+    if source_sha256:
+        block["source_sha256"] = source_sha256
+    block["shard_sha256"] = dict(sorted(shard_sha256.items()))
+    return ("---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n"
+            + body)
+
+
+def verify_prepared(folder: str | Path, raw_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-check a prepared folder against its card: every shard's sha256 (missing, changed and
+    unlisted shards) and, with ``raw_dir``, the raw source's checksum. Returns
+    ``{"shards": n, "source": "match"|"not checked"}``; any difference raises
+    :class:`VerifyError` listing them all."""
+    folder = Path(folder)
+    card = folder / "README.md"
+    if not card.is_file():
+        raise VerifyError(f"{folder}: no README.md dataset card (not a prepared dataset)")
+    try:
+        block = read_card_file(card).get("zsbench", {})
+    except ValueError as err:
+        raise VerifyError(f"{card}: {err}") from err
+    recorded = block.get("shard_sha256")
+    if not recorded:
+        raise VerifyError(f"{card} records no shard checksums (prepared by an older zsbench); "
+                          "prepare it again with --overwrite to record them")
+    problems = []
+    on_disk = {p.relative_to(folder).as_posix() for p in (folder / "data").glob("*.parquet")}
+    for rel, expected in sorted(recorded.items()):
+        if rel not in on_disk:
+            problems.append(f"missing shard {rel}")
+        elif file_sha256(folder / rel) != expected:
+            problems.append(f"shard {rel} differs from the recorded sha256 {expected[:12]}...")
+    problems += [f"unlisted shard {rel}" for rel in sorted(on_disk - set(recorded))]
+    source = "not checked"
+    if raw_dir is not None:
+        expected_source = block.get("source_sha256")
+        if not expected_source:
+            problems.append(f"{card} records no source checksum (built without a raw folder)")
+        else:
+            actual = source_checksum(raw_dir)
+            if actual != expected_source:
+                problems.append(f"the raw source {raw_dir} differs from the one it was built "
+                                f"from ({actual[:19]}... != recorded {expected_source[:19]}...)")
+            else:
+                source = "match"
+    if problems:
+        raise VerifyError(f"{folder}: " + "; ".join(problems))
+    return {"shards": len(recorded), "source": source}
+
+
 def check_options(adapter_cls: type[DatasetAdapter], options: Mapping[str, Any]) -> None:
-    """Reject options the adapter does not take, when it lists them in ``options_accepted``."""
+    """Reject options the adapter does not take, when it lists them in ``options_accepted``
+    (else in ``option_types``, when it declares any)."""
     accepted = getattr(adapter_cls, "options_accepted", None)
+    if accepted is None:
+        accepted = tuple(getattr(adapter_cls, "option_types", {})) or None
     if accepted is None:
         return
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         known = ", ".join(accepted) if accepted else "none"
-        raise ValueError(f"{adapter_cls.info.name}: unknown adapter option(s) {unknown}; "
-                         f"this adapter takes: {known}")
+        raise AdapterOptionError(f"{adapter_cls.info.name}: unknown adapter option(s) "
+                                 f"{unknown}; this adapter takes: {known}")
 
 
 def _adapter_class(name: str) -> type[DatasetAdapter]:
@@ -384,7 +497,9 @@ def prepared_key(folder: Path) -> str | None:
 def is_prepared(name: str, raw_dir: str | Path, out_dir: str | Path,
                 adapter_options: Mapping[str, Any] | None = None) -> bool:
     """True if ``out_dir/name`` was prepared from the same inputs (``prepare`` would skip)."""
-    key = inputs_key(name, _adapter_class(name), Path(raw_dir), dict(adapter_options or {}))
+    adapter_cls = _adapter_class(name)
+    options = convert_options(adapter_cls, dict(adapter_options or {}))
+    key = inputs_key(name, adapter_cls, Path(raw_dir), options)
     return prepared_key(Path(out_dir) / name) == key
 
 
@@ -399,7 +514,7 @@ def prepare(name: str, raw_dir: str | Path, out_dir: str | Path, *,
     ``progress(done, total)`` is called as images are written.
     """
     adapter_cls = _adapter_class(name)
-    options = dict(adapter_options or {})
+    options = convert_options(adapter_cls, dict(adapter_options or {}))
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise DatasetLayoutError(f"{name}: the raw folder {raw_dir} does not exist or is not a "
@@ -414,6 +529,8 @@ def prepare(name: str, raw_dir: str | Path, out_dir: str | Path, *,
         raise FileExistsError(f"{target} already exists and was built from other inputs "
                               "(raw files, options or zsbench version); pass overwrite=True "
                               "(--overwrite) to replace it")
+    ensure_writable_dir(out_dir, f"output folder of {name}")
+    remove_stale_staging(target)  # left by a killed run: reclaim the space before the work
     check_options(adapter_cls, options)
     adapter = adapter_cls(**options)
     info = adapter_cls.info
@@ -422,19 +539,36 @@ def prepare(name: str, raw_dir: str | Path, out_dir: str | Path, *,
     if not records:
         raise DatasetLayoutError(f"{name}: no images found under {raw_dir}. "
                                  f"Found: {describe_folder(raw_dir)}")
+    checksum = source_checksum(raw_dir)
+    previous = _recorded_source(target)
+    if previous and previous != checksum:
+        logger.warning("%s: the raw files under %s differ from those %s was built from "
+                       "(source sha256 %s, recorded %s)", name, raw_dir, target, checksum[:19],
+                       previous[:19])
     return write_prepared(info, records, target, adapter_name=name, adapter_options=options,
                           inputs_key_value=key, progress=progress, workers=workers,
+                          source_sha256=checksum,
                           max_shard_bytes=max_shard_bytes,
                           adapter_class=f"{adapter_cls.__module__}.{adapter_cls.__qualname__}")
+
+
+def _recorded_source(target: Path) -> str | None:
+    """The source checksum recorded in a prepared folder's card, or None."""
+    try:
+        return read_card_file(target / "README.md").get("zsbench", {}).get("source_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def write_prepared(info: DatasetInfo, records: list[RawRecord], target: Path, *,
                    adapter_name: str, adapter_options: Mapping[str, Any] | None = None,
                    inputs_key_value: str = "", progress: ProgressCallback | None = None,
                    workers: int | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                   adapter_class: str = "") -> Path:
+                   adapter_class: str = "", source_sha256: str = "") -> Path:
     """Encode ``records`` and write shards and card to ``target`` atomically (used by
-    :func:`prepare` and by the meta.json importer)."""
+    :func:`prepare` and by the meta.json importer). The card records each shard's sha256 and
+    ``source_sha256`` (:func:`source_checksum` of the raw folder) for
+    :func:`verify_prepared`."""
     check_raw_records(records, info)
     by_split: dict[str, list[RawRecord]] = {}
     for record in records:
@@ -443,7 +577,7 @@ def write_prepared(info: DatasetInfo, records: list[RawRecord], target: Path, *,
         split_records.sort(key=lambda r: (r.category, r.source_path, r.extra.get("piece", -1)))
     total = len(records)
     done = 0
-    summaries: list[dict[str, Any]] = []
+    tallies: dict[tuple[str, str, int, bool], int] = {}  # (split, category, label, mask) -> n
     shard_files: dict[str, list[str]] = {}
     schema = arrow_schema()
     writer_options = parquet_writer_options(schema)
@@ -460,8 +594,8 @@ def write_prepared(info: DatasetInfo, records: list[RawRecord], target: Path, *,
                     for row in ordered_map(pool, lambda r: encode_record(r, info), shard,
                                            window=4 * workers):
                         batch.append(row)
-                        summaries.append({k: row[k] for k in ("split", "category", "label",
-                                                              "has_mask")})
+                        key = (row["split"], row["category"], row["label"], row["has_mask"])
+                        tallies[key] = tallies.get(key, 0) + 1  # memory flat in the rows
                         done += 1
                         if progress is not None:
                             progress(done, total)
@@ -470,10 +604,14 @@ def write_prepared(info: DatasetInfo, records: list[RawRecord], target: Path, *,
                             batch = []
                     if batch:
                         writer.write_table(rows_to_table(batch, schema))
-        counts = count_rows(summaries)
+        counts = count_rows({"split": sp, "category": cat, "label": label, "has_mask": mask}
+                            for (sp, cat, label, mask), n in tallies.items() for _ in range(n))
         card = render_card(info, counts, shard_files, adapter_name=adapter_name,
                            adapter_options=dict(adapter_options or {}),
                            inputs_key=inputs_key_value, adapter_class=adapter_class)
+        shard_sums = {rel: file_sha256(staging / rel)
+                      for rels in shard_files.values() for rel in rels}
+        card = _with_integrity(card, source_sha256, shard_sums)
         (staging / "README.md").write_text(card, encoding="utf-8")
     logger.info("%s: wrote %d images to %s", info.name, total, target)
     return target

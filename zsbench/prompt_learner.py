@@ -53,8 +53,10 @@ class PromptLearner(nn.Module):
         deep_prompt_depth: deep prompts act before text blocks 2..depth; depth <= 1 means none.
         deep_prompt_length: positions 1..length replaced by each deep prompt.
         init_std: standard deviation of the normal initialisation of all parameters.
-        deep_prompt_fp16_cast: round deep prompts through fp16 before use (upstream AnomalyCLIP
-            casts them with ``.half()``: ``AnomalyCLIP_lib/AnomalyCLIP.py``, a quirk).
+        deep_prompt_fp16_cast: round deep prompts through fp16 as upstream AnomalyCLIP does (a
+            quirk): each is expanded to one copy per encoded prompt and *then* cast
+            (``AnomalyCLIP_lib/AnomalyCLIP.py``: ``.expand(...).permute(1, 0, 2).half()``), so the
+            gradient of every copy is rounded to fp16 before the copies are summed.
         ctx_groups: per prompt, the ordered ``(group name, length)`` pieces of its context; a name
             used by several prompts is one shared parameter.
     """
@@ -152,10 +154,27 @@ class PromptLearner(nn.Module):
         return list(self.ctx.unbind(0))
 
     def deep_prompt_values(self) -> list[Tensor]:
-        """The deep prompts as used (rounded through fp16 with ``deep_prompt_fp16_cast``)."""
+        """The values of the deep prompts as used, ``[n, W]`` each (rounded through fp16 with
+        ``deep_prompt_fp16_cast``); for inspection: :meth:`forward` feeds the backbone
+        :meth:`deep_prompt_inputs`, which have these values."""
         if self.deep_prompt_fp16_cast:
             return [p.half().to(p.dtype) for p in self.deep_prompts]
         return list(self.deep_prompts)
+
+    def deep_prompt_inputs(self, n_prompts: int) -> list[Tensor]:
+        """The deep prompts as :meth:`Backbone.encode_text` receives them for ``n_prompts``
+        encoded prompts.
+
+        Without ``deep_prompt_fp16_cast``: the ``[n, W]`` parameters (the backbone shares them
+        across prompts). With it: upstream's order, expanded to ``[n_prompts, n, W]`` first and
+        then cast to fp16 (``AnomalyCLIP_lib/AnomalyCLIP.py``: ``textual_context.expand(
+        x.shape[1], -1, -1).permute(1, 0, 2).half()``); the backbone casts back to its
+        activation dtype. The forward values equal :meth:`deep_prompt_values`, but the backward
+        rounds each prompt's gradient to fp16 before the expansion sums them, as upstream
+        (casting before the expansion would round the sum instead)."""
+        if not self.deep_prompt_fp16_cast:
+            return list(self.deep_prompts)
+        return [p.unsqueeze(0).expand(n_prompts, -1, -1).half() for p in self.deep_prompts]
 
     def forward(self, class_names: Sequence[str] | None = None, ctx_bias: Tensor | None = None,
                 prompts: Sequence[int] | None = None,
@@ -218,7 +237,7 @@ class PromptLearner(nn.Module):
         length = ids.shape[-1]
         flat_ids = ids.expand(*batch_shape, *ids.shape).reshape(-1, length)
         encoded = self.backbone.encode_text(flat_ids, embeddings.reshape(-1, length, width),
-                                            self.deep_prompt_values())
+                                            self.deep_prompt_inputs(flat_ids.shape[0]))
         encoded = encoded.reshape(*batch_shape, len(names), len(selected), -1)
         return encoded if class_names is not None else encoded.squeeze(-3)
 

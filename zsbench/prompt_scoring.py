@@ -8,7 +8,8 @@ embedding and per-layer patch tokens with a normal and an abnormal text embeddin
   ``[s_n, s_a] / T``;
 - per layer, a 2-channel probability map upsampled bilinearly to the input size; the pixel map
   is the weighted sum of the abnormal channels, Gaussian-smoothed;
-- segmentation loss = the weighted sum over layers of :func:`zsbench.losses.segmentation_loss`.
+- segmentation loss = ``segmentation_weight`` x the weighted sum over layers of
+  :func:`zsbench.losses.segmentation_loss` (AnomalyCLIP's ``lam``).
 
 A layer weight counts how often a layer's map enters the sums (AnomalyCLIP's aliasing quirk
 counts layer 24 four times). Text is ``[2, D]`` shared or ``[B, 2, D]`` per image.
@@ -60,15 +61,17 @@ def pixel_anomaly_map(prob_maps: Sequence[Tensor], weights: Sequence[float], sig
 
 
 def prompt_training_loss(logits: Tensor, labels: Tensor, prob_maps: Sequence[Tensor],
-                         weights: Sequence[float], mask: Tensor
+                         weights: Sequence[float], mask: Tensor, segmentation_weight: float = 1.0
                          ) -> tuple[Tensor, dict[str, float]]:
-    """``CE(logits, labels) + sum_l w_l * segmentation_loss(M_l, mask)`` and its two parts."""
+    """``CE(logits, labels) + lam * sum_l w_l * segmentation_loss(M_l, mask)`` and its two parts
+    (the "segmentation" part includes ``lam`` = ``segmentation_weight``, as upstream's logged
+    ``loss = lam * loss``)."""
     if len(prob_maps) != len(weights):
         raise ValueError(f"need one weight per map, got {len(prob_maps)} maps and "
                          f"{len(weights)} weights")
     image_loss = F.cross_entropy(logits, labels.long().to(logits.device))
     mask = mask.to(logits.device)
-    seg_loss = sum(weight * segmentation_loss(prob, mask)
-                   for prob, weight in zip(prob_maps, weights, strict=True))
+    seg_loss = segmentation_weight * sum(weight * segmentation_loss(prob, mask)
+                                         for prob, weight in zip(prob_maps, weights, strict=True))
     total = image_loss + seg_loss
     return total, {"image_ce": float(image_loss.detach()), "segmentation": float(seg_loss.detach())}

@@ -19,14 +19,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from zsbench.errors import ConfigError
 from zsbench.registry import ADAPTERS, PROTOCOLS, UnknownNameError, register_protocol
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ConfigError):
     """A malformed protocol id or one that names an unknown dataset."""
 
 
-_NAME = r"[A-Za-z0-9_.-]+"
+# any word characters (Unicode too): a typo such as 'mvtéc' is parsed, then answered with
+# "Unknown dataset ... Did you mean 'mvtec'?" like 'mvtech'
+_NAME = r"[\w.-]+"
 _ID = re.compile(rf"^\s*(?P<train>{_NAME}(\s*\+\s*{_NAME})*)\s*->\s*"
                  rf"(?P<targets>{_NAME}(\s*,\s*{_NAME})*)\s*$")
 
@@ -79,8 +82,10 @@ class Protocol:
 
 
 def real_datasets() -> list[str]:
-    """Registered datasets of the industrial and medical domains (synthetic ones excluded)."""
-    return [e.name for e in ADAPTERS.entries() if e.obj.info.domain != "synthetic"]
+    """Registered datasets of the industrial and medical domains (synthetic ones excluded, and
+    adapters that set ``in_all = False``, such as a user's own ``folder``)."""
+    return [e.name for e in ADAPTERS.entries()
+            if e.obj.info.domain != "synthetic" and getattr(e.obj, "in_all", True)]
 
 
 def _check_dataset(name: str, protocol_id: str) -> None:
@@ -114,7 +119,21 @@ def parse_protocol(protocol_id: str, validate: bool = True) -> Protocol:
         raise ProtocolError(f"protocol {protocol_id!r} trains and evaluates on the same dataset "
                             f"({', '.join(sorted(overlap))}): that is not zero-shot")
     canonical = f"{'+'.join(train) or 'none'}->{','.join(targets)}"
-    return Protocol(id=canonical, train=train, targets=targets)
+    return Protocol(id=canonical, train=train, targets=targets,
+                    description=_describe(train, targets))
+
+
+def _describe(train: tuple[str, ...], targets: tuple[str, ...]) -> str:
+    """A one-sentence description of a parsed protocol id."""
+    trains = (f"Train on {' + '.join(train)} (test split)" if train
+              else "No training (training-free evaluation)")
+    named = [t for t in targets if t != "all"]
+    if "all" in targets:
+        others = "every other real dataset" if train else "every real dataset"
+        evaluates = f"{others}{' and ' + ', '.join(named) if named else ''}"
+    else:
+        evaluates = ", ".join(named)
+    return f"{trains}; evaluate on {evaluates}."
 
 
 def resolve_protocol(protocol_id: str, validate: bool = True) -> Protocol:

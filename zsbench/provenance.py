@@ -22,6 +22,20 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256_file(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file`, remembered per (real path, size, mtime) for this process: large
+    weight files are hashed once however often a run identity names them."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(real)
+    return _SHA_CACHE[key]
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the zsbench source tree, when it is a git checkout."""

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from zsbench.errors import ZsbenchError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(ZsbenchError, KeyError):
     """A name that is not registered; the message lists the known names and a close match."""
 
     def __init__(self, kind: str, name: str, known: list[str]):
@@ -101,6 +103,21 @@ class Registry(Generic[T]):
                 dist = getattr(ep, "dist", None)
                 source = f"plugin:{dist.name}" if dist is not None else "plugin"
                 self.register(ep.name, obj, source=source)
+
+    @property
+    def discovered(self) -> bool:
+        """Whether the built-ins and plug-ins have been imported (:meth:`discover`)."""
+        return self._discovered
+
+    def loaded_entries(self) -> list[Entry[T]]:
+        """The entries registered so far, without importing built-ins or plug-ins."""
+        return [self._entries[n] for n in sorted(self._entries)]
+
+    def plugin_names(self) -> list[str]:
+        """The names installed plug-ins declare (entry points), without loading them."""
+        if not self._group:
+            return []
+        return sorted({ep.name.lower() for ep in entry_points(group=self._group)})
 
     def get(self, name: str) -> T:
         return self.entry(name).obj

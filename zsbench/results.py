@@ -1,14 +1,18 @@
 """Result JSONs: one small validated file per (method, config, protocol, target dataset).
 
-Layout under an output folder: ``<method>/<config_hash>/<protocol_slug>/<dataset>.json``.
+Layout under an output folder:
+``<method>/<config_hash>/<protocol_slug>/<settings>/<dataset>.json``, where ``<settings>`` names
+the run's other settings (:func:`zsbench.identity.settings_folder`, e.g.
+``full-seed111-res518-fp32-1a2b3c4d``), so runs that differ in any setting never share a file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,15 +21,16 @@ from typing import Any
 import pandas as pd
 
 from zsbench import atomic
+from zsbench.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 METRIC_NAMES = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
                 "pixel_f1_max", "aupro", "aupro_legacy")
 
 
-class ResultValidationError(ValueError):
+class ResultValidationError(DataError):
     """A result JSON that does not follow the schema; the message names the file and field."""
 
 
@@ -47,6 +52,38 @@ def validate_result(result: dict[str, Any], source: str | Path = "<result>") -> 
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ResultValidationError(f"{source}: field {where}: {err.message}{more}")
+    bad = list(non_finite_fields(result))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ResultValidationError(f"{source}: field {bad[0]}: not a finite number{more}")
+
+
+def non_finite_fields(value: Any, where: str = "") -> Iterator[str]:
+    """The fields (``a/b/c``) of a JSON value that hold NaN or an infinity (JSON Schema's
+    number checks let NaN through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where or "(top level)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_fields(item, f"{where}/{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from non_finite_fields(item, f"{where}/{i}" if where else str(i))
+
+
+def empty_reason(result: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, why) when a result evaluated no image or has no metric value, else None: such a
+    result never counts as a finished run (``--skip-existing``) nor is shown or accepted."""
+    counts = result.get("counts")
+    total = counts.get("total") if isinstance(counts, dict) else None
+    images = total.get("images") if isinstance(total, dict) else None
+    if images == 0:
+        return "counts/total/images", "0 images evaluated: not a result"
+    metrics = result.get("metrics")
+    mean = metrics.get("mean") if isinstance(metrics, dict) else None
+    if isinstance(mean, dict) and all(v is None for v in mean.values()):
+        return "metrics/mean", "every metric is null (or none given): nothing was measured"
+    return None
 
 
 def protocol_slug(protocol_id: str) -> str:
@@ -57,8 +94,11 @@ def protocol_slug(protocol_id: str) -> str:
 
 
 def result_path(output_dir: str | Path, method: str, config_hash: str, protocol_id: str,
-                dataset: str) -> Path:
-    return Path(output_dir) / method / config_hash / protocol_slug(protocol_id) / f"{dataset}.json"
+                dataset: str, settings: str | None = None) -> Path:
+    """Where a result is written; ``settings`` is the run's settings folder
+    (:func:`zsbench.identity.settings_folder`)."""
+    folder = Path(output_dir) / method / config_hash / protocol_slug(protocol_id)
+    return (folder / settings if settings else folder) / f"{dataset}.json"
 
 
 def write_result(result: dict[str, Any], path: str | Path) -> Path:
@@ -111,16 +151,21 @@ def load_results(dirs: Iterable[str | Path]) -> tuple[list[dict[str, Any]], list
 
 def results_table(results: Iterable[dict[str, Any]], metric: str = "image_auroc",
                   percent: bool = True) -> pd.DataFrame:
-    """One row per (method, config hash, protocol), one column per dataset, macro means."""
+    """One row per (method, config hash, protocol, run settings), one column per dataset,
+    macro means. ``run`` names the other settings (seed, resolution, precision, smoke limit: the
+    result's settings folder), so runs that differ never share a row."""
+    from zsbench.identity import settings_folder
+
     if metric not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
-    rows: dict[tuple[str, str, str], dict[str, float | None]] = {}
+        raise ConfigError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
+    rows: dict[tuple[str, str, str, str], dict[str, float | None]] = {}
     for r in results:
-        key = (r["method"], r["config_hash"], r["protocol"]["id"])
+        run = settings_folder(r["identity"]) if "identity" in r else "(no identity: schema 1.0)"
+        key = (r["method"], r["config_hash"], r["protocol"]["id"], run)
         value = r["metrics"]["mean"].get(metric)
         rows.setdefault(key, {})[r["dataset"]["name"]] = (
             None if value is None else (100 * value if percent else value))
-    index = pd.MultiIndex.from_tuples(list(rows), names=["method", "config", "protocol"])
+    index = pd.MultiIndex.from_tuples(list(rows), names=["method", "config", "protocol", "run"])
     frame = pd.DataFrame(list(rows.values()), index=index)
     frame = frame.reindex(sorted(frame.columns), axis=1)
     if len(frame.columns):

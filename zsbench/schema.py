@@ -21,6 +21,8 @@ import pyarrow as pa
 from datasets import ClassLabel, Features, Image, Value
 from PIL import Image as PILImage
 
+from zsbench.errors import DataError
+
 LABEL_NAMES = ("normal", "anomaly")
 NORMAL_DEFECT_TYPE = "good"
 STRING_COLUMNS = ("dataset", "category", "prompt_name", "defect_type", "split", "sample_id",
@@ -29,7 +31,7 @@ COLUMNS = ("image", "mask", "label", *STRING_COLUMNS, "has_mask", "width", "heig
 SPLIT_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")  # split names end up in shard file names
 
 
-class SchemaError(ValueError):
+class SchemaError(DataError):
     """A record or a prepared dataset breaks the unified schema; says which record and why."""
 
 
@@ -116,7 +118,10 @@ def validate_record(record: Mapping[str, Any], *, check_pixels: bool = False) ->
     try:
         size = PILImage.open(io.BytesIO(image)).size
     except Exception as err:
-        raise SchemaError(f"{where}: the image bytes cannot be read: {err}") from err
+        from zsbench.data import image_error_reason
+
+        raise SchemaError(f"{where}: the image bytes cannot be read: "
+                          f"{image_error_reason(err)}") from err
     if size != (width, height):
         raise SchemaError(f"{where}: width x height {width}x{height} != image size "
                           f"{size[0]}x{size[1]}")
@@ -124,7 +129,10 @@ def validate_record(record: Mapping[str, Any], *, check_pixels: bool = False) ->
         try:
             mask_img = PILImage.open(io.BytesIO(mask))
         except Exception as err:
-            raise SchemaError(f"{where}: the mask bytes cannot be read: {err}") from err
+            from zsbench.data import image_error_reason
+
+            raise SchemaError(f"{where}: the mask bytes cannot be read: "
+                              f"{image_error_reason(err)}") from err
         if mask_img.size != size:
             raise SchemaError(f"{where}: mask size {mask_img.size[0]}x{mask_img.size[1]} != "
                               f"image size {size[0]}x{size[1]}")

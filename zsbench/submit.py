@@ -2,7 +2,9 @@
 
 Beyond the JSON Schema, a submission must name a known method and dataset, cover the dataset's
 categories, hold finite values, have dataset means equal to the mean of the per-category values,
-and must not evaluate on a dataset it was trained on.
+and must not evaluate on a dataset it was trained on. It must be a full run (no smoke run
+with ``--limit``) of at least one image with at least one metric value, and its ``samples``
+must be images inside its own folder (see :mod:`zsbench.leaderboard.checks`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from zsbench.leaderboard.catalog import DATASET_BY_ID, method_key
-from zsbench.registry import ADAPTERS, METHODS, Registry
+from zsbench.leaderboard.checks import (
+    SampleError,
+    empty_reason,
+    non_finite_fields,
+    resolve_sample,
+    smoke_reason,
+)
+from zsbench.registry import ADAPTERS, Registry
 from zsbench.results import find_result_files, result_schema
 
 logger = logging.getLogger(__name__)
@@ -31,8 +40,8 @@ class Problem:
     path: str
     field: str
     message: str
-    kind: str  # "read", "schema", "method", "dataset", "categories", "value", "mean",
-    #            "overlap", "duplicate", "samples"
+    kind: str  # "read", "schema", "method", "dataset", "categories", "value", "empty",
+    #            "smoke", "mean", "overlap", "duplicate", "samples"
 
     def __str__(self) -> str:
         return f"{self.path}: field {self.field}: {self.message}"
@@ -44,6 +53,17 @@ def _registry_has(registry: Registry[Any], name: str) -> bool:
         return name in registry
     except Exception as err:  # a half-written built-in must not hide the other checks
         logger.warning("could not load the %s registry: %s", registry.kind, err)
+        return False
+
+
+def _known_method(name: str) -> bool:
+    """A registered method, looked up without importing torch (:mod:`zsbench.method_catalog`)."""
+    from zsbench.method_catalog import is_method
+
+    try:
+        return is_method(name)
+    except Exception as err:  # a half-written built-in must not hide the other checks
+        logger.warning("could not load the method registry: %s", err)
         return False
 
 
@@ -77,25 +97,27 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _metric_sets(result: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
-    metrics = _dict(result.get("metrics"))
-    if isinstance(metrics.get("mean"), dict):
-        yield "metrics/mean", metrics["mean"]
-    for category, values in _dict(metrics.get("per_category")).items():
-        if isinstance(values, dict):
-            yield f"metrics/per_category/{category}", values
-
-
 def _value_problems(path: str, result: dict[str, Any]) -> list[Problem]:
-    """Non-finite values (NaN, inf) slip through JSON Schema's range checks."""
+    """Non-finite values (NaN, inf) slip through JSON Schema's range checks; a result of 0
+    images or without any metric value measured nothing."""
     problems = []
-    for where, values in _metric_sets(result):
-        for metric, value in values.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.append(Problem(path, f"{where}/{metric}", f"{value!r} is not a finite "
-                                        "number in [0, 1]; use null for an undefined metric",
-                                        "value"))
+    for where in non_finite_fields(result):
+        if where.startswith("metrics/"):
+            message = "is not a finite number in [0, 1]; use null for an undefined metric"
+        else:
+            message = "is not a finite number (NaN or infinity)"
+        problems.append(Problem(path, where, message, "value"))
+    if (empty := empty_reason(result)) is not None:
+        problems.append(Problem(path, empty[0], empty[1], "empty"))
     return problems
+
+
+def _smoke_problems(path: str, result: dict[str, Any]) -> list[Problem]:
+    reason = smoke_reason(result)
+    if reason is None:
+        return []
+    field = "smoke" if result.get("smoke") is True else "protocol/limit"
+    return [Problem(path, field, f"{reason}; run again without --limit", "smoke")]
 
 
 def _mean_problems(path: str, result: dict[str, Any]) -> list[Problem]:
@@ -137,7 +159,7 @@ def _name_problems(path: str, result: dict[str, Any], reported_methods: set[str]
     problems = []
     method = result.get("method")
     if isinstance(method, str) and method and not (
-            _registry_has(METHODS, method) or method_key(method) in reported_methods):
+            _known_method(method) or method_key(method) in reported_methods):
         problems.append(Problem(path, "method", f"unknown method {method!r}: not registered "
                                 "(zsbench methods list) and not in the reported tables",
                                 "method"))
@@ -170,12 +192,14 @@ def _name_problems(path: str, result: dict[str, Any], reported_methods: set[str]
 
 
 def _sample_problems(path: str, result: dict[str, Any]) -> list[Problem]:
+    """Every ``samples`` entry must be an image inside the result's own folder."""
     problems = []
     samples = result.get("samples")
-    for i, relative in enumerate(samples if isinstance(samples, list) else []):
-        if isinstance(relative, str) and not (Path(path).parent / relative).is_file():
-            problems.append(Problem(path, f"samples/{i}", f"file not found: {relative!r} "
-                                    "(paths are relative to the result file)", "samples"))
+    for i, entry in enumerate(samples if isinstance(samples, list) else []):
+        try:
+            resolve_sample(path, entry)
+        except SampleError as err:
+            problems.append(Problem(path, f"samples/{i}", str(err), "samples"))
     return problems
 
 
@@ -218,6 +242,7 @@ def check_submission(paths: Iterable[str | Path]) -> list[Problem]:
             continue
         problems += _schema_problems(name, result)
         problems += _value_problems(name, result)
+        problems += _smoke_problems(name, result)
         problems += _mean_problems(name, result)
         problems += _name_problems(name, result, reported_methods)
         problems += _sample_problems(name, result)

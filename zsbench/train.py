@@ -20,17 +20,24 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Sampler
 
 from zsbench import __version__
 from zsbench.atomic import torch_save
+from zsbench.distributed import (
+    WorldInfo,
+    all_reduce_gradients,
+    all_reduce_values,
+    barrier,
+    current_world,
+)
 from zsbench.evaluate import raw_records
 from zsbench.method import (
     AnomalyMethod,
@@ -64,8 +71,11 @@ class TrainConfig:
     seed: int = 111
     num_workers: int = 0
     device: str = "cpu"
-    amp: bool = True  # bf16 autocast on CUDA only
+    #: fp32 (upstream, default), bf16 or fp16 autocast; None = the method's own precision
+    precision: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    #: keep every epoch's checkpoint after the final one is written (default: only the final)
+    keep_epoch_checkpoints: bool = False
 
 
 @dataclass
@@ -75,7 +85,13 @@ class TrainOutcome:
     checkpoint: Path | None  # the final epoch's checkpoint (None without checkpoint_dir)
     epochs: int
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of this call
+    reused: bool = False  # the final checkpoint existed and was loaded: nothing was trained
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time of all epochs, including those before a resume or a reuse."""
+        return float(sum(entry.get("seconds", 0.0) for entry in self.history))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -119,10 +135,14 @@ def save_checkpoint(method: AnomalyMethod, path: str | Path, *, epoch: int,
                     history: Sequence[Mapping[str, Any]] | None = None,
                     step: int | None = None, train_config: TrainConfig | None = None,
                     shuffle_generator: torch.Generator | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None,
+                    training: Mapping[str, Any] | None = None,
+                    trained_on: Sequence[str] | None = None) -> Path:
     """Write a zsbench checkpoint of ``method``'s trainable state atomically; returns ``path``.
 
-    ``step`` (optimizer steps so far), ``train_config``, ``shuffle_generator`` (its state) and
+    ``step`` (optimizer steps so far), ``train_config``, ``shuffle_generator`` (its state),
+    ``training`` (the training identity: :func:`zsbench.identity.train_identity`),
+    ``trained_on`` (auxiliary dataset names; None when unknown, e.g. an imported file) and
     ``extra`` (JSON-like metadata, e.g. where an imported checkpoint came from) are recorded too.
     """
     name = method.info.name
@@ -143,6 +163,8 @@ def save_checkpoint(method: AnomalyMethod, path: str | Path, *, epoch: int,
         "train_config": (None if train_config is None
                          else json_ready(dataclasses.asdict(train_config))),
         "extra": json_ready(dict(extra or {})),
+        "training": None if training is None else json_ready(dict(training)),
+        "trained_on": None if trained_on is None else [str(d) for d in trained_on],
         "state_dict": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "rng": _rng_state(shuffle_generator),
@@ -276,7 +298,8 @@ def _training_dataset(method: AnomalyMethod, datasets: Sequence[Any]) -> ConcatD
             name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "unnamed"
             raise ValueError(f"training dataset {number} of {len(datasets)} ({name}) is empty")
         parts.append(AnomalyImageDataset(raw_records(dataset), size, method.backbone.mean,
-                                         method.backbone.std, mask_size=size))
+                                         method.backbone.std, mask_size=size,
+                                         interpolation=method.config.input_interpolation))
     return ConcatDataset(parts)
 
 
@@ -299,10 +322,24 @@ def _optimizer(method: AnomalyMethod, config: TrainConfig) -> torch.optim.Adam:
                             betas=tuple(config.betas))
 
 
-def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if config.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_precision(config: TrainConfig, method: AnomalyMethod) -> str:
+    """The precision the steps run in: the trainer's if set, else the method's."""
+    precision = config.precision or method.config.precision
+    if precision not in ("fp32", *_AUTOCAST_DTYPES):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return precision
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast only when asked: fp32 explicitly disables any enclosing autocast."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device (got {device}); use bf16 or fp32")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -310,7 +347,8 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
             for k, v in batch.items()}
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -321,16 +359,41 @@ def _set_training_mode(method: AnomalyMethod) -> None:
     method.backbone.eval()  # a frozen feature extractor: no dropout, fixed norms
 
 
+def _check_same_training(path: Path, recorded: Mapping[str, Any] | None,
+                         training: Mapping[str, Any] | None) -> None:
+    """A checkpoint of another training identity is never reused or resumed from."""
+    if training is None:
+        return
+    from zsbench.identity import identity_differences
+
+    differences = identity_differences(recorded, json_ready(dict(training)), prefix="training.")
+    if differences:
+        raise ValueError(f"{path} was trained with other settings ({'; '.join(differences[:4])})"
+                         f": it is not reused; use another checkpoint folder or delete it")
+
+
+def _prune_epoch_checkpoints(checkpoint_dir: Path, final_epoch: int) -> None:
+    for epoch, path in _epoch_checkpoints(checkpoint_dir).items():
+        if epoch != final_epoch:
+            path.unlink(missing_ok=True)
+
+
 def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainConfig, *,
                  checkpoint_dir: Path | None = None, resume: bool = False,
-                 progress: ProgressCallback | None = None) -> TrainOutcome:
+                 progress: ProgressCallback | None = None,
+                 training: Mapping[str, Any] | None = None,
+                 trained_on: Sequence[str] | None = None) -> TrainOutcome:
     """Train ``method``'s parameter groups on the concatenated ``datasets`` (unified records).
 
-    With ``checkpoint_dir`` a checkpoint is written after each epoch; if the final one exists
-    training is skipped and it is loaded; with ``resume`` training continues after the newest
-    complete epoch (optimizer and RNG states restored). ``progress(description, step, total)``
-    is called after every step. A fresh run seeds Python, NumPy and torch with ``config.seed``
-    (a resumed one restores their states). The method is left in eval mode."""
+    With ``checkpoint_dir`` a checkpoint is written after each epoch (the earlier ones are
+    removed once the final one is written, unless ``config.keep_epoch_checkpoints``); if the
+    final one exists and records the same ``training`` identity, training is skipped and it is
+    loaded; with ``resume`` training continues after the newest complete epoch (optimizer and
+    RNG states restored). A checkpoint of another training identity is an error, never reused.
+    ``trained_on`` (the auxiliary dataset names) is recorded in every checkpoint.
+    ``progress(description, step, total)`` is called after every step. A fresh run seeds
+    Python, NumPy and torch with ``config.seed`` (a resumed one restores their states). Steps
+    run in :func:`training_precision`. The method is left in eval mode."""
     start_time = time.perf_counter()
     name = method.info.name
     if not method.info.trainable:
@@ -341,6 +404,8 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {config.max_steps}")
     device = torch.device(config.device)
+    precision = training_precision(config, method)
+    _autocast(precision, device)  # an impossible precision fails before any work
     method.to(device)
     dataset = _training_dataset(method, datasets)
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
@@ -353,13 +418,14 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     existing = _epoch_checkpoints(checkpoint_dir) if checkpoint_dir else {}
     if final_epoch in existing:
         meta = read_checkpoint_metadata(existing[final_epoch])
+        _check_same_training(existing[final_epoch], meta.get("training"), training)
         if meta.get("step") in (None, total_steps):
             load_checkpoint_into(method, existing[final_epoch])
             method.eval()
             logger.info("%s: final checkpoint %s exists, training skipped", name,
                         existing[final_epoch])
             return TrainOutcome(existing[final_epoch], final_epoch, list(meta["history"]),
-                                time.perf_counter() - start_time)
+                                time.perf_counter() - start_time, reused=True)
 
     optimizer = _optimizer(method, config)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
@@ -370,6 +436,7 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
         path = existing[resumable[-1]]
         checkpoint = _read_checkpoint(path)
         _check_fits(method, checkpoint, path)
+        _check_same_training(path, checkpoint.get("training"), training)
         if checkpoint.get("step") != resumable[-1] * steps_per_epoch:
             raise ValueError(f"cannot resume from {path}: it holds {checkpoint.get('step')} "
                              f"steps, not {resumable[-1]} full epochs of {steps_per_epoch} "
@@ -384,49 +451,107 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
         if existing:
             logger.info("%s: training from scratch over the checkpoints in %s (resume=False)",
                         name, checkpoint_dir)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
 
-    loader = DataLoader(dataset, batch_size=config.batch_size,
-                        sampler=RandomSampler(dataset, generator=shuffle_generator),
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                        drop_last=False)
+    world = current_world()
+    batches = _RankSliceBatchSampler(RandomSampler(dataset, generator=shuffle_generator),
+                                     config.batch_size, world)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
     last_checkpoint: Path | None = None
     _set_training_mode(method)
     try:
         for epoch in range(first_epoch, final_epoch + 1):
             epoch_start = time.perf_counter()
             sums: dict[str, float] = {}
-            batches = 0
-            for batch in loader:
+            done = 0
+            for number, batch in enumerate(loader):
                 if step >= total_steps:
                     break
-                batch = _to_device(batch, device)
-                with _autocast(config, device):
-                    loss, parts = method.loss(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss became {loss.item()} at step "
+                weight = batches.weight(number, len(dataset))
+                values = _train_step(method, optimizer, _to_device(batch, device), precision,
+                                     device, weight)
+                if not math.isfinite(values["loss"]):
+                    raise FloatingPointError(f"{name}: loss became {values['loss']} at step "
                                              f"{step + 1} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 step += 1
-                batches += 1
-                for key, value in {"loss": float(loss.detach()), **parts}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-                if progress is not None:
+                done += 1
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                if progress is not None and world.is_main:
                     progress(f"train {name} epoch {epoch}/{final_epoch} "
-                             f"loss {sums['loss'] / batches:.4f}", step, total_steps)
-            record = {"epoch": epoch, "steps": batches,
-                      **{k: v / max(batches, 1) for k, v in sums.items()},
+                             f"loss {sums['loss'] / done:.4f}", step, total_steps)
+            record = {"epoch": epoch, "steps": done,
+                      **{k: v / max(done, 1) for k, v in sums.items()},
                       "seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
             logger.info("%s epoch %d/%d: %s", name, epoch, final_epoch,
                         {k: round(v, 5) for k, v in record.items() if isinstance(v, float)})
             if checkpoint_dir is not None:
-                last_checkpoint = save_checkpoint(
-                    method, epoch_checkpoint_path(checkpoint_dir, epoch), epoch=epoch,
-                    optimizer=optimizer, history=history, step=step, train_config=config,
-                    shuffle_generator=shuffle_generator)
+                last_checkpoint = epoch_checkpoint_path(checkpoint_dir, epoch)
+                if world.is_main:  # one writer; the others wait until the file is complete
+                    save_checkpoint(method, last_checkpoint, epoch=epoch, optimizer=optimizer,
+                                    history=history, step=step, train_config=config,
+                                    shuffle_generator=shuffle_generator, training=training,
+                                    trained_on=trained_on)
+                barrier()
+        if checkpoint_dir is not None and not config.keep_epoch_checkpoints and world.is_main:
+            _prune_epoch_checkpoints(checkpoint_dir, final_epoch)
     finally:
         method.eval()
     return TrainOutcome(last_checkpoint, final_epoch, history, time.perf_counter() - start_time)
+
+
+class _RankSliceBatchSampler(Sampler[list[int]]):
+    """The global batches of ``sampler`` (``batch_size`` each, the last one shorter), each cut
+    into contiguous per-rank slices; yields this rank's slice. A rank whose slice of a short last
+    batch is empty gets the batch's first sample with weight 0, so every rank takes every step.
+    With one process the batches are exactly DataLoader's ``batch_size`` batches."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, world: WorldInfo) -> None:
+        self.sampler, self.batch_size, self.world = sampler, batch_size, world
+
+    def _bounds(self, size: int) -> tuple[int, int]:
+        base, extra = divmod(size, self.world.world_size)
+        rank = self.world.rank
+        low = rank * base + min(rank, extra)
+        return low, low + base + (1 if rank < extra else 0)
+
+    def _own(self, batch: list[int]) -> list[int]:
+        low, high = self._bounds(len(batch))
+        return batch[low:high] or batch[:1]
+
+    def weight(self, number: int, dataset_size: int) -> float:
+        """This rank's share of global batch ``number`` of an epoch (0 for a stand-in sample)."""
+        size = min(self.batch_size, dataset_size - number * self.batch_size)
+        low, high = self._bounds(size)
+        return (high - low) / size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield self._own(batch)
+                batch = []
+        if batch:
+            yield self._own(batch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+
+def _train_step(method: AnomalyMethod, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
+                precision: str, device: torch.device, weight: float) -> dict[str, float]:
+    """One optimizer step; returns the loss and its parts. Across processes the gradients of
+    the trainable parameters are summed with each rank's ``weight`` (its share of the global
+    batch), which equals single-process training for losses that are means over samples; the
+    logged values are combined the same way."""
+    with _autocast(precision, device):
+        loss, parts = method.loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    all_reduce_gradients([p for g in optimizer.param_groups for p in g["params"]], weight)
+    optimizer.step()
+    values = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+    return all_reduce_values(values, weight)

@@ -1,12 +1,23 @@
 """The shared OpenCLIP backbone; importing it registers zsbench's tiny model configs."""
 
-from zsbench.backbone.backbone import PRECISIONS, TOKEN_SOURCES, Backbone, ImageFeatures
+from zsbench.backbone.backbone import (
+    POS_EMBED_INTERPOLATIONS,
+    PRECISIONS,
+    TOKEN_SOURCES,
+    Backbone,
+    ImageFeatures,
+)
 from zsbench.backbone.loading import (
     MODEL_CONFIG_DIR,
+    ActivationPlan,
+    WeightsFileInfo,
     WeightsUnavailableError,
     file_sha256,
     load_backbone,
+    plan_activation,
+    quickgelu_variant,
     read_state_dict,
+    read_weights_file,
     register_model_configs,
     resolve_weights,
 )
@@ -15,14 +26,20 @@ register_model_configs()
 
 __all__ = [
     "MODEL_CONFIG_DIR",
+    "POS_EMBED_INTERPOLATIONS",
     "PRECISIONS",
     "TOKEN_SOURCES",
+    "ActivationPlan",
     "Backbone",
     "ImageFeatures",
+    "WeightsFileInfo",
     "WeightsUnavailableError",
     "file_sha256",
     "load_backbone",
+    "plan_activation",
+    "quickgelu_variant",
     "read_state_dict",
+    "read_weights_file",
     "register_model_configs",
     "resolve_weights",
 ]

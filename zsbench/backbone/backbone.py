@@ -3,27 +3,49 @@
 Unmodified calls reproduce open_clip's ``encode_image`` / ``encode_text``. The options add
 per-layer patch tokens, the V-V attention path (AnomalyCLIP's DPAM, METHODS.md section 1),
 residual-stream tokens (APRIL-GAN), window re-encoding (WinCLIP), learnable prompt embeddings and
-deep text prompts (AnomalyCLIP family), and a bilinear positional-embedding resize.
+deep text prompts (AnomalyCLIP family), and a positional-embedding resize in the convention of the
+method's upstream code (bilinear, or open_clip's bicubic with antialias).
+
+Precision is explicit: "fp32" computes in float32 even inside an enclosing autocast (it is
+disabled for the backbone's device), "bf16"/"fp16" autocast to that dtype on the backbone's device
+(CUDA or CPU; weights stay fp32).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer, text_global_pool
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: how the vision positional embedding is resized to another patch grid (the CLS position is kept):
+#: "bilinear": ``F.interpolate(mode="bilinear", align_corners=False)``, no antialias (upstream
+#: AnomalyCLIP, FAPrompt, TPS); "bicubic-antialias": ``F.interpolate(mode="bicubic",
+#: antialias=True, align_corners=False)``, open_clip's ``resize_pos_embed`` (as bundled by
+#: APRIL-GAN, ``ByChelsea/VAND-APRIL-GAN`` ``open_clip/model.py``).
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic-antialias")
 TOKEN_SOURCES = ("proj", "residual")
 DEFAULT_WINDOW_CHUNK_TOKENS = 1 << 16
+
+
+def _check_options(precision: str, pos_embed_interpolation: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"pos_embed_interpolation {pos_embed_interpolation!r} is not one of "
+                         f"{', '.join(POS_EMBED_INTERPOLATIONS)}")
 
 
 class ImageFeatures(NamedTuple):
@@ -39,16 +61,21 @@ class Backbone(nn.Module):
     Args:
         model: an open_clip ``CLIP`` (or ``CustomTextCLIP``) with open_clip's VisionTransformer
             and TextTransformer.
-        name: the open_clip model name (selects the tokenizer).
+        name: the open_clip model name that was built (selects the tokenizer); the effective
+            name, e.g. ``ViT-L-14-336-quickgelu`` when OpenAI weights were asked for with
+            ``ViT-L-14-336`` (see ``zsbench.backbone.loading.plan_activation``).
         pretrained: what the weights came from (tag, path or None), kept for provenance.
         image_size: default input side (a multiple of the patch size); the native size if None.
-        precision: "fp32", or "bf16"/"fp16" for autocast on CUDA inside the encode calls.
+        precision: "fp32" (float32 even inside an enclosing autocast), or "bf16"/"fp16" for
+            autocast to that dtype inside the encode calls (see :meth:`autocast`).
         weights_sha256: sha256 of the loaded weights file, kept for provenance.
+        pos_embed_interpolation: one of ``POS_EMBED_INTERPOLATIONS``, how the positional
+            embedding is resized for a patch grid other than the native one.
     """
 
     def __init__(self, model: nn.Module, *, name: str, pretrained: str | None = None,
                  image_size: int | None = None, precision: str = "fp32",
-                 weights_sha256: str | None = None):
+                 weights_sha256: str | None = None, pos_embed_interpolation: str = "bilinear"):
         super().__init__()
         visual = getattr(model, "visual", None)
         text = getattr(model, "text", model)
@@ -62,14 +89,14 @@ class Backbone(nn.Module):
         if text is not model and (not isinstance(text, TextTransformer)
                                   or text.cls_emb is not None or text.use_pad_mask):
             raise ValueError(f"model {name!r}: unsupported text tower {type(text).__name__}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check_options(precision, pos_embed_interpolation)
 
         self.model = model
         self.name = name
         self.pretrained = pretrained
         self.precision = precision
         self.weights_sha256 = weights_sha256
+        self.pos_embed_interpolation = pos_embed_interpolation
         self._text_pool_type = getattr(text, "pool_type", getattr(model, "text_pool_type",
                                                                   "argmax"))
         self._text_eos_id = getattr(text, "eos_id", getattr(model, "text_eos_id", None))
@@ -113,16 +140,66 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return self.model.visual.proj.device
 
+    @property
+    def quick_gelu(self) -> bool:
+        """Whether the vision blocks use QuickGELU (what the OpenAI weights were trained with)."""
+        return any(isinstance(module, QuickGELU) for module in self.model.visual.modules())
+
+    def with_options(self, *, precision: str | None = None,
+                     pos_embed_interpolation: str | None = None) -> Backbone:
+        """This backbone with other compute options, sharing the same CLIP (weights, device).
+
+        Returns ``self`` when nothing changes; otherwise a shallow sibling (a method's config
+        applied to a backbone built elsewhere, see ``zsbench.method.build_method``)."""
+        precision = self.precision if precision is None else precision
+        mode = (self.pos_embed_interpolation if pos_embed_interpolation is None
+                else pos_embed_interpolation)
+        _check_options(precision, mode)
+        if (precision, mode) == (self.precision, self.pos_embed_interpolation):
+            return self
+        sibling = copy.copy(self)
+        for key in ("_parameters", "_buffers", "_modules"):  # own registries, shared modules
+            sibling.__dict__[key] = copy.copy(self.__dict__[key])
+        sibling.precision = precision
+        sibling.pos_embed_interpolation = mode
+        sibling._positional_cache = {}
+        return sibling
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast for the configured precision on CUDA; a no-op on CPU or in fp32."""
-        if self.precision == "fp32" or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        """The autocast state of the configured precision on the backbone's device.
+
+        "fp32" disables autocast for the device, so that an enclosing autocast (a trainer's, a
+        caller's) cannot lower the precision; "bf16"/"fp16" autocast to that dtype on CUDA and on
+        CPU alike (CPU autocast), replacing an enclosing autocast's dtype. A device without
+        autocast support raises a ``RuntimeError`` for "bf16"/"fp16" (fp32 needs nothing there).
+        """
+        device_type = self.device.type
+        if self.precision == "fp32":
+            try:
+                return torch.autocast(device_type, enabled=False)
+            except RuntimeError:  # no autocast on this device type: nothing to disable
+                return contextlib.nullcontext()
+        dtype = AUTOCAST_DTYPES[self.precision]
+        problem = ""
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                context = torch.autocast(device_type, dtype=dtype)
+            if not getattr(context, "_enabled", True):  # torch warns and disables instead
+                problem = "; ".join(str(w.message) for w in caught) or "autocast disabled"
+        except RuntimeError as err:
+            problem = str(err)
+        if problem:
+            raise RuntimeError(f"precision {self.precision!r} needs {dtype} autocast on device "
+                               f"{device_type!r}, which this torch does not provide ({problem}); "
+                               f"use precision 'fp32' or another device")
+        return context
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, pretrained={self.pretrained!r}, "
-                f"image_size={self.image_size}, precision={self.precision!r}")
+                f"image_size={self.image_size}, precision={self.precision!r}, "
+                f"pos_embed_interpolation={self.pos_embed_interpolation!r}, "
+                f"quick_gelu={self.quick_gelu}")
 
     # -- shared pieces ---------------------------------------------------------------------------
     @staticmethod
@@ -136,25 +213,32 @@ class Backbone(nn.Module):
     def positional_embedding(self, grid_size: tuple[int, int]) -> Tensor:
         """Vision positional embedding ``[1 + gh * gw, width]`` for a patch grid.
 
-        The grid part is resized with bilinear interpolation (align_corners=False, no antialias,
-        as upstream AnomalyCLIP; open_clip's own resize is bicubic with antialias); the CLS
-        position is kept. Results are cached per grid size."""
+        The grid part is resized as ``pos_embed_interpolation`` says (``POS_EMBED_INTERPOLATIONS``:
+        bilinear without antialias as upstream AnomalyCLIP, or bicubic with antialias as
+        open_clip's ``resize_pos_embed``, both align_corners=False); the CLS position is kept.
+        The resize runs in the embedding's dtype (float32; interpolation is not an autocast
+        op). Results are cached per grid size and mode."""
         positional = self.model.visual.positional_embedding
         grid_size = (int(grid_size[0]), int(grid_size[1]))
         if grid_size == self.native_grid_size:
             return positional
-        key = (grid_size, positional.device, positional.dtype, positional._version)
+        mode = self.pos_embed_interpolation
+        key = (grid_size, mode, positional.device, positional.dtype, positional._version)
         cached = self._positional_cache.get(key)
         if cached is not None:
             return cached
         native_h, native_w = self.native_grid_size
         grid = positional[1:].reshape(1, native_h, native_w, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=grid_size, mode="bilinear", align_corners=False)
+        if mode == "bicubic-antialias":
+            grid = F.interpolate(grid, size=grid_size, mode="bicubic", antialias=True,
+                                 align_corners=False)
+        else:
+            grid = F.interpolate(grid, size=grid_size, mode="bilinear", align_corners=False)
         grid = grid.permute(0, 2, 3, 1).reshape(grid_size[0] * grid_size[1], -1)
         resized = torch.cat([positional[:1], grid], dim=0)
         if not positional.requires_grad:
             self._positional_cache = {k: v for k, v in self._positional_cache.items()
-                                      if k[1:] == key[1:]}
+                                      if k[2:] == key[2:]}
             self._positional_cache[key] = resized
         return resized
 
@@ -172,7 +256,7 @@ class Backbone(nn.Module):
         """Patch embedding + CLS + positional embedding + ln_pre -> ``[B, 1 + N, width]``."""
         grid = self.patch_grid(images)
         visual = self.model.visual
-        x = visual.conv1(images)
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
@@ -328,8 +412,9 @@ class Backbone(nn.Module):
             ids: token ids ``[P, L]``; the pooled position is the EOT token (argmax of ids).
             prompt_embeddings: ``[P, L, text_width]`` input embeddings replacing
                 ``token_embedding(ids)`` (learnable context vectors).
-            deep_prompts: tensors ``[n_i, text_width]``; ``deep_prompts[i]`` replaces the hidden
-                states at positions 1..n_i before text block i + 2 (1-indexed), for all prompts.
+            deep_prompts: tensors ``[n_i, text_width]`` shared by all prompts, or ``[P, n_i,
+                text_width]`` already expanded per prompt; ``deep_prompts[i]`` replaces the
+                hidden states at positions 1..n_i before text block i + 2 (1-indexed).
         """
         if ids.ndim != 2:
             raise ValueError(f"ids must have shape [P, L], got {tuple(ids.shape)}")
@@ -342,10 +427,12 @@ class Backbone(nn.Module):
             raise ValueError(f"{len(deep_prompts)} deep prompts but only {self.text_layers - 1} "
                              f"text blocks after the first")
         for depth, prompt in enumerate(deep_prompts):
-            if prompt.ndim != 2 or prompt.shape[1] != self.text_width or \
-                    not 1 <= prompt.shape[0] <= length - 2:
+            if prompt.ndim not in (2, 3) or prompt.shape[-1] != self.text_width or \
+                    not 1 <= prompt.shape[-2] <= length - 2 or \
+                    (prompt.ndim == 3 and prompt.shape[0] != n_prompts):
                 raise ValueError(f"deep prompt {depth} must have shape [n, {self.text_width}] "
-                                 f"with 1 <= n <= {length - 2}, got {tuple(prompt.shape)}")
+                                 f"or [{n_prompts}, n, {self.text_width}] with 1 <= n <= "
+                                 f"{length - 2}, got {tuple(prompt.shape)}")
         text = self._text
         batch_first = getattr(text.transformer, "batch_first", True)
         with self.autocast():
@@ -356,7 +443,7 @@ class Backbone(nn.Module):
                     raise ValueError(f"prompt_embeddings must have shape "
                                      f"{(n_prompts, length, self.text_width)}, got "
                                      f"{tuple(prompt_embeddings.shape)}")
-                x = prompt_embeddings
+                x = prompt_embeddings.to(text.token_embedding.weight.dtype)
             x = x + text.positional_embedding[:length].to(x.dtype)
             mask = text.attn_mask
             if mask is not None:
@@ -364,8 +451,9 @@ class Backbone(nn.Module):
             for index, block in enumerate(text.transformer.resblocks):
                 if 1 <= index <= len(deep_prompts):
                     prompt = deep_prompts[index - 1].to(x.dtype)
-                    x = torch.cat([x[:, :1], prompt.unsqueeze(0).expand(n_prompts, -1, -1),
-                                   x[:, 1 + prompt.shape[0]:]], dim=1)
+                    if prompt.ndim == 2:
+                        prompt = prompt.unsqueeze(0).expand(n_prompts, -1, -1)
+                    x = torch.cat([x[:, :1], prompt, x[:, 1 + prompt.shape[1]:]], dim=1)
                 x = self._run_block(block, x, batch_first, attn_mask=mask)
             x = text.ln_final(x)
             pooled = text_global_pool(x, ids, self._text_pool_type,

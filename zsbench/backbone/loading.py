@@ -5,6 +5,11 @@ open_clip state dict, a ``.safetensors`` file or an OpenAI TorchScript archive) 
 such as ``"openai"``. A tag uses a cached download when there is one; otherwise the network is
 probed with a short timeout first, so that an offline machine fails in seconds with a message that
 says where the weights come from and how to pass a local copy.
+
+The activation follows the weights, not only the model name (:func:`plan_activation`): OpenAI
+weights were trained with QuickGELU, so ``ViT-L-14-336`` with the ``openai`` tag or with an OpenAI
+weights file is built as ``ViT-L-14-336-quickgelu`` (logged, and recorded as the backbone's name);
+a contradiction that cannot be resolved is an error naming both sides.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import urllib.request
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +34,8 @@ import open_clip
 import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-from zsbench.backbone.backbone import PRECISIONS, Backbone
+from zsbench.backbone.backbone import POS_EMBED_INTERPOLATIONS, PRECISIONS, Backbone
+from zsbench.errors import ResourceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +45,17 @@ NETWORK_PROBE_TIMEOUT_S = 3.0
 OPENAI_CLIP_CACHE = Path("~/.cache/clip").expanduser()  # open_clip's cache for URL downloads
 # Non-parameter entries of OpenAI TorchScript state dicts (dropped as open_clip's openai.py does).
 NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+OPENAI_TAG = "openai"
+QUICKGELU_SUFFIX = "-quickgelu"
+# Keys of the OpenAI CLIP layout (also open_clip's own CLIP state dicts): a ViT vision tower with
+# OpenAI names and the text tower at the top level (no timm ``visual.trunk``, no ``text.`` tower).
+OPENAI_LAYOUT_KEYS = ("visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight",
+                      "transformer.resblocks.0.attn.in_proj_weight", "text_projection")
 
 _configs_registered = False
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ResourceUnavailableError):
     """Pretrained weights named by a tag cannot be obtained (offline, download failed)."""
 
 
@@ -160,11 +173,12 @@ def network_reachable(host: str, port: int = 443, timeout: float | None = None) 
     return bool(outcome and outcome[0])
 
 
-def _unavailable_message(name: str, tag: str, reason: str, source: str) -> str:
-    return (f"Cannot get the {name!r} weights for tag {tag!r}: {reason}. They are downloaded "
-            f"from {source}. Download that file on a machine with network access and pass it "
-            f"as a local file: `--pretrained /path/to/file` (or "
-            f"load_backbone({name!r}, pretrained='/path/to/file')).")
+def _unavailable(name: str, tag: str, reason: str, source: str) -> WeightsUnavailableError:
+    problem = (f"Cannot get the {name!r} weights for tag {tag!r}: {reason}. They are downloaded "
+               f"from {source}. Download that file on a machine with network access and pass it "
+               f"as a local file: ")
+    return WeightsUnavailableError(f"{problem}pretrained='/path/to/file'.",
+                                   cli=f"{problem}--pretrained /path/to/file")
 
 
 def resolve_weights(name: str, pretrained: str | os.PathLike[str] | None) -> tuple[Path | None,
@@ -194,17 +208,16 @@ def resolve_weights(name: str, pretrained: str | os.PathLike[str] | None) -> tup
         return cached, tag_config
     source, host, port, from_hub = _download_location(tag_config)
     if from_hub and _hf_offline():
-        raise WeightsUnavailableError(_unavailable_message(name, value, "HF_HUB_OFFLINE is set "
-                                                           "and no cached copy exists", source))
+        raise _unavailable(name, value, "HF_HUB_OFFLINE is set and no cached copy exists",
+                           source)
     if not network_reachable(host, port):
-        raise WeightsUnavailableError(_unavailable_message(
-            name, value, f"no cached copy and {host}:{port} is unreachable", source))
+        raise _unavailable(name, value, f"no cached copy and {host}:{port} is unreachable",
+                           source)
     logger.info("downloading weights for %s/%s from %s", name, value, source)
     try:
         downloaded = open_clip.pretrained.download_pretrained(tag_config)
     except Exception as err:  # any download failure gets the same actionable message
-        raise WeightsUnavailableError(_unavailable_message(name, value, f"download failed ({err})",
-                                                           source)) from err
+        raise _unavailable(name, value, f"download failed ({err})", source) from err
     return Path(downloaded), tag_config
 
 
@@ -215,18 +228,40 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any(entry.endswith("constants.pkl") for entry in archive.namelist())
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: open_clip/PyTorch checkpoint, safetensors or TorchScript archive.
+@dataclass(frozen=True)
+class WeightsFileInfo:
+    """What a weights file says about its origin (used to choose the activation)."""
 
-    Unwraps ``{"state_dict": ...}``, strips a ``module.`` prefix and drops the non-parameter
-    entries of OpenAI archives."""
+    torchscript: bool  # an OpenAI-style TorchScript archive (how OpenAI released CLIP)
+    openai_entries: bool  # holds OpenAI's non-parameter entries (input_resolution, ...)
+    openai_layout: bool  # OpenAI CLIP key names (shared by open_clip's own CLIP state dicts)
+
+    @property
+    def openai_release(self) -> bool:
+        """Certainly OpenAI's release: its TorchScript archive or a state dict taken from one."""
+        return self.torchscript or self.openai_entries
+
+    def describe(self, path: str | os.PathLike[str]) -> str:
+        if self.torchscript:
+            return f"weights file {os.fspath(path)!r} (an OpenAI TorchScript archive)"
+        if self.openai_entries:
+            return (f"weights file {os.fspath(path)!r} (an OpenAI state dict: it holds "
+                    f"{', '.join(NON_PARAMETER_KEYS)})")
+        return f"weights file {os.fspath(path)!r}"
+
+
+def read_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
+                                                             WeightsFileInfo]:
+    """:func:`read_state_dict` and what the file says about its origin."""
     path = Path(path)
+    torchscript = False
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             loaded: Any = load_file(str(path), device="cpu")
         elif _is_torchscript_archive(path):
+            torchscript = True
             with warnings.catch_warnings():  # torch deprecates jit.load; OpenAI archives need it
                 warnings.simplefilter("ignore", FutureWarning)
                 loaded = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -241,14 +276,24 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                          f"(found {type(loaded).__name__}).")
     state = {(key[len("module."):] if key.startswith("module.") else key): value
              for key, value in loaded.items() if torch.is_tensor(value)}
+    openai_entries = any(key in state for key in NON_PARAMETER_KEYS)
     for key in NON_PARAMETER_KEYS:
         state.pop(key, None)
-    return state
+    openai_layout = (all(key in state for key in OPENAI_LAYOUT_KEYS)
+                     and not any(key.startswith("visual.trunk.") for key in state))
+    return state, WeightsFileInfo(torchscript, openai_entries, openai_layout)
 
 
-def load_weights_file(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a weights file strictly into an open_clip model; mismatches name the file."""
-    state = read_state_dict(path)
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: open_clip/PyTorch checkpoint, safetensors or TorchScript archive.
+
+    Unwraps ``{"state_dict": ...}``, strips a ``module.`` prefix and drops the non-parameter
+    entries of OpenAI archives."""
+    return read_weights_file(path)[0]
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                path: str | os.PathLike[str]) -> None:
     logit_scale = state.get("logit_scale")
     if logit_scale is not None and logit_scale.ndim != model.logit_scale.ndim:
         state["logit_scale"] = logit_scale.reshape(model.logit_scale.shape)
@@ -262,10 +307,126 @@ def load_weights_file(model: torch.nn.Module, path: str | os.PathLike[str]) -> N
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-        raise ValueError(f"Weights file {str(path)!r} does not fit the model: "
+        raise ValueError(f"Weights file {os.fspath(path)!r} does not fit the model: "
                          f"missing [{show(missing)}], unexpected [{show(unexpected)}], "
                          f"wrong shape [{show(wrong_shape)}].")
     model.load_state_dict(state, strict=True)
+
+
+def load_weights_file(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a weights file strictly into an open_clip model; mismatches name the file."""
+    _load_state(model, read_state_dict(path), path)
+
+
+# -- activation ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    """How to build a model so that its activation fits its weights."""
+
+    model_name: str  # the open_clip name to build: the effective name recorded on the backbone
+    force_quick_gelu: bool  # open_clip.create_model(force_quick_gelu=...)
+    quick_gelu: bool  # the activation the built model has
+    note: str | None = None  # what was resolved, logged as a warning
+
+
+def _base_name(name: str) -> str:
+    return name[:-len(QUICKGELU_SUFFIX)] if name.endswith(QUICKGELU_SUFFIX) else name
+
+
+def _without_quick_gelu(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "quick_gelu"}
+
+
+def quickgelu_variant(name: str, config: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+    """``(model name, force_quick_gelu)`` that builds model ``name`` with QuickGELU.
+
+    ``name`` itself when its config has ``quick_gelu``; else the registered ``<name>-quickgelu``
+    when that config is the same apart from ``quick_gelu``; else ``name`` with
+    ``force_quick_gelu=True`` (open_clip's ``create_model`` sets ``quick_gelu`` then)."""
+    config = open_clip.get_model_config(name) if config is None else config
+    if config.get("quick_gelu", False):
+        return name, False
+    candidate = name + QUICKGELU_SUFFIX
+    if candidate in open_clip.list_models():
+        other = open_clip.get_model_config(candidate)
+        if other.get("quick_gelu", False) and \
+                _without_quick_gelu(other) == _without_quick_gelu(config):
+            return candidate, False
+    return name, True
+
+
+def _has_openai_weights(name: str) -> bool:
+    """Whether OpenAI released weights for this architecture (an ``openai`` tag exists)."""
+    return any(OPENAI_TAG in open_clip.list_pretrained_tags_by_model(candidate)
+               for candidate in {name, _base_name(name), _base_name(name) + QUICKGELU_SUFFIX})
+
+
+def plan_activation(name: str, config: Mapping[str, Any], *, tag: str | None = None,
+                    tag_config: Mapping[str, Any] | None = None,
+                    weights_file: str | os.PathLike[str] | None = None,
+                    file_info: WeightsFileInfo | None = None,
+                    quick_gelu: bool | None = None) -> ActivationPlan:
+    """Choose QuickGELU or GELU for model ``name`` (open_clip ``config``) and its weights.
+
+    What the weights need, strongest first:
+
+    - an open_clip tag: its ``quick_gelu`` (``openai`` and other QuickGELU tags are True);
+    - a local file that is certainly OpenAI's release (TorchScript archive, or a state dict
+      with OpenAI's ``input_resolution``/``context_length``/``vocab_size`` entries): QuickGELU;
+    - a local file in the OpenAI CLIP key layout for an architecture OpenAI released weights
+      for (an ``openai`` tag exists): QuickGELU, an assumption (open_clip saves its own CLIP
+      weights with the same keys), logged as such; ``quick_gelu=False`` overrides it;
+    - otherwise (random weights, other files) the model config.
+
+    ``quick_gelu`` (True/False) states the activation explicitly; it is an error when it
+    contradicts a tag or a certain OpenAI file. When the weights need QuickGELU and the config
+    has GELU, the QuickGELU variant is built (``<name>-quickgelu`` when registered, else
+    ``force_quick_gelu``) and the plan carries a note saying so. When the weights need GELU but
+    the config has QuickGELU (a ``-quickgelu`` name), it is a ``ValueError`` naming both."""
+    model_quick_gelu = bool(config.get("quick_gelu", False))
+    needed: bool | None = None
+    certain = False
+    source = ""
+    if tag_config:
+        needed, certain = bool(tag_config.get("quick_gelu", False)), True
+        source = f"pretrained tag {tag!r}"
+    elif file_info is not None and weights_file is not None:
+        source = file_info.describe(weights_file)
+        if file_info.openai_release:
+            needed, certain = True, True
+        elif file_info.openai_layout and _has_openai_weights(name):
+            needed = True
+    activation = {True: "QuickGELU", False: "GELU"}
+    if quick_gelu is not None:
+        if certain and bool(quick_gelu) != needed:
+            raise ValueError(f"quick_gelu={bool(quick_gelu)} contradicts the weights: {source} "
+                             f"of model {name!r} needs {activation[needed]} (quick_gelu="
+                             f"{needed}).")
+        wanted, reason = bool(quick_gelu), f"quick_gelu={bool(quick_gelu)} was asked for"
+    elif needed is None:
+        wanted, reason = model_quick_gelu, ""
+    else:
+        wanted = needed
+        reason = (f"{source} was trained with {activation[needed]}" if certain else
+                  f"{source} has the OpenAI CLIP key layout and OpenAI's {_base_name(name)} "
+                  f"weights were trained with QuickGELU (an assumption: open_clip saves GELU "
+                  f"weights with the same keys; pass quick_gelu=False to load_backbone, or use "
+                  f"the weights' open_clip tag, for GELU weights)")
+    if wanted == model_quick_gelu:
+        return ActivationPlan(name, False, wanted)
+    if not wanted:
+        base = _base_name(name)
+        hint = (f"use model {base!r}" if base != name and base in open_clip.list_models()
+                else "use a model config without quick_gelu")
+        raise ValueError(f"model {name!r} uses QuickGELU (quick_gelu true in its config) but "
+                         f"{reason}; {hint}.")
+    variant, force = quickgelu_variant(name, config)
+    built = f"{variant!r}" if not force else f"{name!r} with force_quick_gelu=True"
+    note = (f"QuickGELU/GELU mismatch resolved: model {name!r} uses GELU (quick_gelu false in its "
+            f"config) but {reason}; building {built} (QuickGELU), recorded as backbone name "
+            f"{variant!r}.")
+    return ActivationPlan(variant, force, True, note)
 
 
 def _file_normalisation(name: str) -> dict[str, Any]:
@@ -326,15 +487,24 @@ def init_random_vision_tower(model: torch.nn.Module) -> None:
 
 def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
                   image_size: int | None = None, device: str | torch.device = "cpu",
-                  precision: str = "fp32") -> Backbone:
+                  precision: str = "fp32", pos_embed_interpolation: str = "bilinear",
+                  quick_gelu: bool | None = None) -> Backbone:
     """Build the open_clip model ``name`` with its weights and wrap it as a frozen ``Backbone``.
 
     ``image_size`` defaults to the config's native size and must be a multiple of the patch size;
-    ``precision`` "bf16"/"fp16" means autocast on CUDA inside the encode calls (weights stay fp32).
+    ``precision`` "fp32" computes in float32 even inside an enclosing autocast, "bf16"/"fp16"
+    autocast inside the encode calls (weights stay fp32); ``pos_embed_interpolation`` is one of
+    ``POS_EMBED_INTERPOLATIONS``. The activation follows the weights (:func:`plan_activation`;
+    ``quick_gelu`` True/False states it explicitly); the backbone's ``name`` is the model that was
+    built (e.g. ``ViT-L-14-336-quickgelu`` for ``ViT-L-14-336`` with OpenAI weights) and its
+    ``weights_sha256`` the sha256 of the weights file (local or the tag's cached download).
     """
     config = _check_model_name(name)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"pos_embed_interpolation {pos_embed_interpolation!r} is not one of "
+                         f"{', '.join(POS_EMBED_INTERPOLATIONS)}")
     patch_size = config["vision_cfg"].get("patch_size", 16)
     native_size = config["vision_cfg"].get("image_size", 224)
     image_size = native_size if image_size is None else image_size
@@ -342,21 +512,32 @@ def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
         raise ValueError(f"image_size {image_size!r} must be a positive multiple of the patch "
                          f"size {patch_size} of model {name!r}")
     weights_path, tag_config = resolve_weights(name, pretrained)
+    state: dict[str, torch.Tensor] | None = None
+    file_info: WeightsFileInfo | None = None
+    weights_sha256 = None
+    if weights_path is not None:
+        state, file_info = read_weights_file(weights_path)
+        weights_sha256 = file_sha256(weights_path)
+    plan = plan_activation(name, config, tag=None if not tag_config else os.fspath(pretrained),
+                           tag_config=tag_config, weights_file=weights_path,
+                           file_info=file_info, quick_gelu=quick_gelu)
+    if plan.note:
+        logger.warning("%s", plan.note)
     normalisation = ({k: tag_config[k] for k in ("mean", "std") if k in tag_config}
                      if tag_config else _file_normalisation(name))
     with _without_random_init_notice():
-        model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu",
+        model = open_clip.create_model(plan.model_name, pretrained=None, precision="fp32",
+                                       device="cpu", force_quick_gelu=plan.force_quick_gelu,
                                        force_preprocess_cfg=normalisation or None)
-    weights_sha256 = None
     if weights_path is None:
         init_random_vision_tower(model)
-        logger.info("%s: random weights (scaled vision init)", name)
+        logger.info("%s: random weights (scaled vision init)", plan.model_name)
     else:
-        load_weights_file(model, weights_path)
-        weights_sha256 = file_sha256(weights_path)
-        logger.info("loaded %s weights from %s (sha256 %s)", name, weights_path,
-                    weights_sha256[:12])
-    backbone = Backbone(model, name=name, pretrained=None if weights_path is None
+        _load_state(model, state, weights_path)
+        logger.info("loaded %s weights from %s (sha256 %s, %s)", plan.model_name, weights_path,
+                    weights_sha256[:12], "QuickGELU" if plan.quick_gelu else "GELU")
+    backbone = Backbone(model, name=plan.model_name, pretrained=None if weights_path is None
                         else os.fspath(pretrained), image_size=image_size, precision=precision,
-                        weights_sha256=weights_sha256)
+                        weights_sha256=weights_sha256,
+                        pos_embed_interpolation=pos_embed_interpolation)
     return backbone.to(device)

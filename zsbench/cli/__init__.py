@@ -12,9 +12,10 @@ import typer
 from rich.logging import RichHandler
 
 from zsbench import __version__
-from zsbench.cli import data, leaderboard, methods, protocols, results, run
+from zsbench.cli import data, leaderboard, methods, predict, protocols, results, run, sweep
+from zsbench.cli.console import App
 
-app = typer.Typer(
+app = App(
     name="zsbench",
     help="Benchmark zero-shot anomaly detection methods on CLIP: datasets, methods, protocols, "
     "exact metrics and a static leaderboard.",
@@ -28,6 +29,8 @@ app.add_typer(protocols.app, name="protocols")
 app.add_typer(results.app, name="results")
 app.add_typer(leaderboard.app, name="leaderboard")
 run.register(app)
+predict.register(app)
+sweep.register(app)
 leaderboard.register_submit(app)
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from zsbench.cli.console import console, fail, print_json, print_table
+from zsbench.cli.console import App, console, fail, print_json, print_table
 from zsbench.registry import ADAPTERS
 
-app = typer.Typer(help="Dataset adapters: list, prepare a raw download, inspect, push to the Hub.",
-                  no_args_is_help=True)
+app = App(help="Dataset adapters: list, prepare a raw download, inspect, push to the Hub.",
+          no_args_is_help=True)
 
 DATA_DIR_OPTION = typer.Option(Path("data"), "--data-dir", envvar="ZSBENCH_DATA_DIR",
                                help="Folder of prepared datasets.")
@@ -32,7 +32,8 @@ def list_datasets(as_json: bool = typer.Option(False, "--json", help="Print JSON
     print_table("zsbench datasets", ["name", "title", "domain", "categories", "masks", "normals",
                                      "license", "re-host"],
                 ([r["name"], r["title"], r["domain"], len(r["categories"]), r["has_masks"],
-                  r["has_normals"], r["license"], r["rehostable"]] for r in rows))
+                  r["has_normals"], r["license"], r["rehostable"]] for r in rows),
+                keep=["name"], optional=["license", "normals", "re-host"])
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, str]:
@@ -64,10 +65,10 @@ def prepare_command(
     name: str = typer.Argument(..., help="Dataset id (see 'zsbench data list'), e.g. mvtec."),
     raw: Path = typer.Option(..., "--raw", help="Folder of the original download."),
     out: Path = typer.Option(Path("data"), "--out", help="Output folder (gets OUT/NAME/)."),
-    option: list[str] = typer.Option(None, "--option", "-o",
+    option: list[str] = typer.Option(None, "--option", metavar="KEY=VALUE",
                                      help="Adapter option KEY=VALUE (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if up to date."),
-    workers: int = typer.Option(0, "--workers", help="Threads (0: one per CPU)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Threads (0: one per CPU)."),
 ) -> None:
     """Turn a raw download into the unified Parquet dataset OUT/NAME (Hub-ready)."""
     from zsbench.adapter import DatasetLayoutError
@@ -105,11 +106,12 @@ def info_command(
     data_dir: Path = DATA_DIR_OPTION,
 ) -> None:
     """Images, anomalous images and images with masks per split and category."""
-    from zsbench.data import DataSourceError, dataset_info
+    from zsbench.data import HubUnreachableError, dataset_info
+    from zsbench.errors import DataError
 
     try:
         info = dataset_info(_resolve(source, data_dir))
-    except (DataSourceError, OSError) as err:
+    except (DataError, HubUnreachableError, OSError) as err:
         fail(str(err))
     if as_json:
         print_json(info)
@@ -133,11 +135,20 @@ def push_command(
                                        help="Publish although the licence forbids re-hosting."),
 ) -> None:
     """Publish a prepared dataset to the Hugging Face Hub (one config per dataset)."""
-    from zsbench.data import DataSourceError, RehostingNotAllowed, push
+    from zsbench.data import (
+        DataSourceError,
+        HubUnreachableError,
+        RehostingNotAllowed,
+        push,
+        rehosting_refusal,
+    )
 
     try:
         url = push(name, repo, data_dir=data_dir, private=private, i_have_rights=i_have_rights)
-    except (DataSourceError, RehostingNotAllowed) as err:
+    except RehostingNotAllowed as err:
+        fail(rehosting_refusal(err.dataset, err.license, "--i-have-rights") if err.dataset
+             else str(err))
+    except (DataSourceError, HubUnreachableError) as err:
         fail(str(err))
     console.print(f"[green]pushed[/] {name} to {url}", highlight=False)
 
@@ -178,3 +189,24 @@ def import_meta_command(
     except (ValueError, FileExistsError) as err:
         fail(str(err))
     console.print(f"[green]prepared[/] {folder}", highlight=False)
+
+
+@app.command("verify")
+def verify_command(
+    folder: Path = typer.Argument(..., help="A prepared dataset folder (OUT/NAME)."),
+    raw: Path | None = typer.Option(None, "--raw", help="Also check this raw download against "
+                                    "the source checksum recorded at preparation."),
+) -> None:
+    """Re-check a prepared dataset: each shard against its recorded sha256, and the raw source
+    (file list and contents) with --raw."""
+    from zsbench.prepare import VerifyError, verify_prepared
+
+    if raw is not None and not raw.is_dir():
+        fail(f"--raw {raw}: not a folder")
+    try:
+        report = verify_prepared(folder, raw)
+    except VerifyError as err:
+        fail(str(err))
+    source = {"match": "; the raw source matches", "not checked": ""}[report["source"]]
+    console.print(f"[green]verified[/] {folder}: {report['shards']} shard(s) match their "
+                  f"recorded sha256{source}", highlight=False)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from zsbench.cli.console import console, fail
+from zsbench.cli.console import App, console, fail
 
-app = typer.Typer(help="Build and serve the static leaderboard.", no_args_is_help=True)
+app = App(help="Build and serve the static leaderboard.", no_args_is_help=True)
 
 
 @app.command("build")
@@ -35,13 +35,16 @@ def build(
     console.print(f"{built.reported_rows} reported rows, {built.reproduced_rows} reproduced rows "
                   f"({built.results_loaded} result files), {built.gallery_images} gallery images, "
                   f"{len(built.problems)} skipped", highlight=False)
+    if built.problems:
+        console.print(f"[yellow]warning[/]: {len(built.problems)} file(s) or entries skipped "
+                      "(reasons above); the site shows the rest", highlight=False)
     console.print(f"wrote {built.out_dir / 'index.html'}", highlight=False)
 
 
 @app.command("serve")
 def serve(
     directory: Path = typer.Option(Path("leaderboard/site"), "--dir", help="Built site folder."),
-    port: int = typer.Option(8000, "--port", help="Port on 127.0.0.1."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
 ) -> None:
     """Serve the built site on http://127.0.0.1:PORT/ until Ctrl-C."""
     from zsbench.leaderboard.serve import make_server
@@ -80,6 +83,6 @@ def submit(
     console.print(f"[green]OK[/]: {len(files)} path(s) passed the submission checks")
 
 
-def register_submit(root: typer.Typer) -> None:
+def register_submit(root: App) -> None:
     """Add ``zsbench submit`` to the root app."""
     root.command("submit")(submit)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
-from zsbench.cli.console import fail, print_json, print_table
+from zsbench.cli.console import App, console, print_json, print_table
 
-app = typer.Typer(help="List protocols and explain a protocol id.", no_args_is_help=True)
+app = App(help="List protocols and explain a protocol id.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -20,22 +21,25 @@ def list_protocols(as_json: bool = typer.Option(False, "--json", help="Print JSO
         return
     print_table("zsbench protocols", ["id", "train on", "evaluate on", "resolution", "description"],
                 ([r["id"], ",".join(r["train"]) or "-", ",".join(r["targets"]), r["resolution"],
-                  r["description"]] for r in rows))
+                  r["description"]] for r in rows), keep=["id"])
 
 
 @app.command("show")
 def show(protocol_id: str = typer.Argument(..., help='A protocol id such as "mvtec->all".'),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Parse a protocol id and show what it fixes, with every target resolved."""
-    from zsbench.protocols import ProtocolError, resolve_protocol
+    from zsbench.protocols import resolve_protocol
 
-    try:
-        proto = resolve_protocol(protocol_id)
-    except ProtocolError as err:
-        fail(str(err))
+    proto = resolve_protocol(protocol_id)
     d = proto.to_dict()
-    d["runs"] = [{"train": list(t), "target": g} for t, g in proto.runs()]
+    runs = proto.runs()
+    d["runs"] = [{"train": list(t), "target": g} for t, g in runs]
     if as_json:
         print_json(d)
         return
-    print_table(f"protocol {protocol_id}", ["field", "value"], [(k, v) for k, v in d.items()])
+    console.print(f"[bold]{escape(proto.id)}[/]: {escape(proto.description)}", highlight=False)
+    print_table("settings", ["setting", "value"],
+                [("train split", proto.train_split), ("resolution", proto.resolution),
+                 ("mask threshold", proto.mask_threshold), ("seed", proto.seed)])
+    print_table(f"{len(runs)} runs", ["train on", "", "evaluate on"],
+                ((" + ".join(train) or "(no training)", "->", target) for train, target in runs))

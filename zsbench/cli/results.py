@@ -5,10 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from zsbench.cli.console import console, fail, print_json
+from zsbench.cli.console import App, console, fail, print_json
 
-app = typer.Typer(help="Tabulate and validate result JSONs.", no_args_is_help=True)
+app = App(help="Tabulate and validate result JSONs.", no_args_is_help=True)
+
+
+@app.command("validate")
+def validate(
+    paths: list[Path] = typer.Argument(..., help="Result JSON files or folders (searched "
+                                       "recursively)."),
+) -> None:
+    """Check result JSONs against the result schema; exit 1 naming each bad file."""
+    from zsbench.results import ResultValidationError, find_result_files, read_result
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        fail(f"not found: {', '.join(map(str, missing))}")
+    files = find_result_files(paths)
+    if not files:
+        fail(f"no result JSON under {', '.join(map(str, paths))}")
+    bad = 0
+    for path in files:
+        try:
+            read_result(path)
+        except (ResultValidationError, OSError, UnicodeDecodeError) as err:
+            bad += 1
+            message = str(err) if isinstance(err, ResultValidationError) else f"{path}: {err}"
+            console.print(f"[red]✗[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if bad:
+        console.print(f"[bold red]{bad} of {len(files)} file(s) invalid[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/]: {len(files)} result file(s) valid", highlight=False)
 
 
 @app.command("table")
@@ -30,10 +59,7 @@ def table(
         console.print(f"[yellow]skipped[/] {p}", highlight=False)
     if not results:
         fail(f"no valid result JSON under {', '.join(map(str, dirs))}")
-    try:
-        frame = results_table(results, metric)
-    except ValueError as err:
-        fail(str(err))
+    frame = results_table(results, metric)
     if csv:
         frame.round(2).to_csv(csv)
         console.print(f"wrote {csv}")

@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from zsbench import atomic
+from zsbench.atomic import ensure_writable_dir
+from zsbench.errors import ConfigError
+from zsbench.leaderboard.checks import (
+    SampleError,
+    empty_reason,
+    non_finite_fields,
+    resolve_sample,
+    smoke_reason,
+)
 from zsbench.leaderboard.reported import load_reported
 from zsbench.leaderboard.site_data import build_site_data
 from zsbench.results import load_results
@@ -25,10 +34,9 @@ logger = logging.getLogger(__name__)
 ASSET_FILES = ("index.html", "style.css", "table.js", "charts.js", "app.js")
 SITE_MARKER = ".zsbench-site"  # marks a folder this builder owns (safe to replace)
 DATA_GLOBAL = "ZSBENCH_DATA"
-GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
-class SiteBuildError(ValueError):
+class SiteBuildError(ConfigError):
     """The site cannot be built where asked; the message names the path."""
 
 
@@ -61,11 +69,43 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SITE_MARKER).exists():
         raise SiteBuildError(f"--out {out_dir}: folder is not empty and was not built by "
                              f"zsbench (no {SITE_MARKER}); refusing to replace it")
+    ensure_writable_dir(out_dir, "--out folder")
+
+
+def _check_results_dirs(dirs: Sequence[Path]) -> None:
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise SiteBuildError(f"--results {', '.join(missing)}: no such file or folder")
+
+
+def _publishable(results: Sequence[dict[str, Any]], problems: list[str]) -> list[dict[str, Any]]:
+    """The results that may be shown; the others (smoke runs, NaN or infinite values, no image
+    or no metric) are named in ``problems`` with the reason."""
+    kept = []
+    for result in results:
+        where = result.get("_path")
+        bad = next(non_finite_fields({k: v for k, v in result.items() if k != "_path"}), None)
+        empty = empty_reason(result)
+        if (smoke := smoke_reason(result)) is not None:
+            reason = f"{where}: {smoke}"
+        elif bad is not None:
+            reason = f"{where}: field {bad}: not a finite number (NaN or infinity)"
+        elif empty is not None:
+            reason = f"{where}: field {empty[0]}: {empty[1]}"
+        else:
+            kept.append(result)
+            continue
+        logger.warning("skipping %s", reason)
+        problems.append(reason)
+    return kept
 
 
 def _copy_gallery(results: Sequence[dict[str, Any]], site: Path,
                   problems: list[str]) -> list[dict[str, Any]]:
-    """Copy each result's ``samples`` images into ``site/gallery/`` and describe them."""
+    """Copy each result's ``samples`` images into ``site/gallery/`` and describe them.
+
+    Only files inside the result's own folder are copied (see :func:`checks.resolve_sample`);
+    any other entry is refused and named in ``problems``."""
     gallery = []
     for index, result in enumerate(results):
         samples = result.get("samples") or []
@@ -74,20 +114,15 @@ def _copy_gallery(results: Sequence[dict[str, Any]], site: Path,
         result_file = Path(result["_path"])
         images = []
         for i, relative in enumerate(samples):
-            source = result_file.parent / relative
-            where = f"{result_file}: field samples/{i}"
-            if Path(relative).is_absolute():
-                problems.append(f"{where}: {relative!r} must be relative to the result file")
-            elif source.suffix.lower() not in GALLERY_SUFFIXES:
-                problems.append(f"{where}: {relative!r} is not an image "
-                                f"({', '.join(GALLERY_SUFFIXES)})")
-            elif not source.is_file():
-                problems.append(f"{where}: file not found: {source}")
-            else:
-                target = Path("gallery") / f"{index:04d}" / f"{i:03d}-{source.name}"
-                (site / target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, site / target)
-                images.append({"src": target.as_posix(), "caption": source.stem})
+            try:
+                source = resolve_sample(result_file, relative)
+            except SampleError as err:
+                problems.append(f"{result_file}: field samples/{i}: {err}")
+                continue
+            target = Path("gallery") / f"{index:04d}" / f"{i:03d}-{source.name}"
+            (site / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, site / target)
+            images.append({"src": target.as_posix(), "caption": Path(relative).stem})
         if images:
             gallery.append({
                 "row_id": (f"reproduced/{result['method']}/{result['config_hash']}/"
@@ -111,8 +146,13 @@ def build(results_dirs: Iterable[str | Path] | None, out_dir: str | Path,
     Bad result files are skipped and named in ``SiteBuild.problems`` (and in the page)."""
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    dirs = default_results_dirs() if results_dirs is None else [Path(d) for d in results_dirs]
+    if results_dirs is None:
+        dirs = default_results_dirs()
+    else:
+        dirs = [Path(d) for d in results_dirs]
+        _check_results_dirs(dirs)
     results, problems = load_results(dirs)
+    results = _publishable(results, problems)
     reported = load_reported(reported_dir)
     with atomic.atomic_directory(out_dir) as site:
         sample_problems: list[str] = []

@@ -56,6 +56,11 @@ METRICS: tuple[tuple[str, str], ...] = (
 )
 METRIC_IDS: tuple[str, ...] = tuple(m for m, _ in METRICS)
 
+# Methods of the reported tables that use no auxiliary training data (leaderboard/reported
+# README: "Training-free methods (CLIP, CLIP-AC, WinCLIP, AnoVL)"): their published values
+# hold whatever the table's protocol says, so they compare with untrained runs (method_key form).
+TRAINING_FREE_METHODS: frozenset[str] = frozenset({"clip", "clipac", "winclip", "anovl"})
+
 
 def dataset_id(paper_name: str, where: str = "") -> str:
     """The zsbench id of a dataset as papers spell it (``"MVTecAD"`` -> ``"mvtec"``).

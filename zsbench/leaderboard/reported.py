@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from zsbench import atomic
+from zsbench.errors import DataError
 from zsbench.leaderboard.catalog import DATASET_BY_ID, DATASETS, dataset_id
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class ReportedValue:
         return row
 
 
-class ReportedDataError(ValueError):
+class ReportedDataError(DataError):
     """A reference or reported CSV that cannot be read; the message names file, line and field."""
 
 

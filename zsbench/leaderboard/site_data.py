@@ -18,6 +18,7 @@ from zsbench.leaderboard.catalog import (
     DATASET_BY_ID,
     DATASETS,
     METRICS,
+    TRAINING_FREE_METHODS,
     dataset_domain,
     dataset_title,
     method_key,
@@ -31,11 +32,17 @@ PERCENT_DIGITS = 6  # reproduced fractions -> percent, rounded to hide float noi
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and mean rank of one row over the datasets it has a value for."""
+    """A row's mean and mean rank for one metric.
+
+    A ranked row has every dataset of the common set (:func:`common_datasets`): its mean and
+    mean rank are over that set, ``count`` is its size. An unranked row lacks some of them: its
+    mean is over its own ``count`` datasets, not comparable with the others, and it has no rank.
+    """
 
     mean: float | None
     mean_rank: float | None
     count: int
+    ranked: bool = False
 
 
 def summary_datasets(datasets: Sequence[dict[str, Any]]) -> list[str]:
@@ -45,33 +52,60 @@ def summary_datasets(datasets: Sequence[dict[str, Any]]) -> list[str]:
     return real or [d["id"] for d in datasets]
 
 
+def _covered(row: dict[str, Any], metric: str, dataset_ids: Sequence[str]) -> list[str]:
+    cells = row["cells"].get(metric, {})
+    return [d for d in dataset_ids if (cells.get(d) or {}).get("value") is not None]
+
+
+def common_datasets(rows: Sequence[dict[str, Any]], metric: str,
+                    dataset_ids: Iterable[str]) -> list[str]:
+    """The datasets that means and ranks are taken over, in ``dataset_ids`` order.
+
+    Candidates are the rows' own dataset sets; the chosen one puts the most values into the
+    ranking (rows having all of it x its size), then the larger set, then the earlier row.
+    Rows having all of it are ranked over exactly these datasets; the others are not ranked.
+    Mirrored by ``ZS.table.commonDatasets`` in ``assets/table.js``."""
+    dataset_ids = list(dataset_ids)
+    covered = [set(_covered(row, metric, dataset_ids)) for row in rows]
+    best: set[str] = set()
+    best_key = (0, 0)
+    for candidate in covered:
+        if not candidate:
+            continue
+        key = (len(candidate) * sum(1 for c in covered if candidate <= c), len(candidate))
+        if key > best_key:
+            best, best_key = candidate, key
+    return [d for d in dataset_ids if d in best]
+
+
 def summarize(rows: Sequence[dict[str, Any]], metric: str,
               dataset_ids: Iterable[str]) -> dict[str, Summary]:
-    """Mean value and mean rank per row id for ``metric`` over ``dataset_ids``.
+    """Mean value and mean rank per row id for ``metric``, over :func:`common_datasets`.
 
-    For each dataset the rows that have a value are ranked (1 = best, higher value is better,
-    tied values share the average of their ranks); a row's mean rank averages its ranks over the
-    datasets it covers. Missing values are skipped, never counted as 0."""
+    For each common dataset the ranked rows are ranked (1 = best, higher value is better, tied
+    values share the average of their ranks). An unranked row gets the mean over the datasets
+    of ``dataset_ids`` it has and no rank. Missing values are skipped, never counted as 0."""
     dataset_ids = list(dataset_ids)
-    ranks: dict[str, list[float]] = {row["id"]: [] for row in rows}
-    values: dict[str, list[float]] = {row["id"]: [] for row in rows}
-    for dataset in dataset_ids:
-        present = [(row["id"], cell["value"]) for row in rows
-                   if (cell := row["cells"].get(metric, {}).get(dataset)) is not None
-                   and cell.get("value") is not None]
+    common = common_datasets(rows, metric, dataset_ids)
+    ranked = [row for row in rows if common
+              and set(common) <= set(_covered(row, metric, common))]
+    ranks: dict[str, list[float]] = {row["id"]: [] for row in ranked}
+    for dataset in common:
+        present = [(row["id"], row["cells"][metric][dataset]["value"]) for row in ranked]
         for row_id, value in present:
             better = sum(1 for _, other in present if other > value)
             tied = sum(1 for _, other in present if other == value)
             ranks[row_id].append(better + (tied + 1) / 2)
-            values[row_id].append(value)
     out = {}
     for row in rows:
-        row_values, row_ranks = values[row["id"]], ranks[row["id"]]
-        n = len(row_values)
+        is_ranked = row["id"] in ranks
+        used = common if is_ranked else _covered(row, metric, dataset_ids)
+        values = [row["cells"][metric][d]["value"] for d in used]
+        n = len(values)
         out[row["id"]] = Summary(
-            mean=round(sum(row_values) / n, PERCENT_DIGITS) if n else None,
-            mean_rank=round(sum(row_ranks) / n, PERCENT_DIGITS) if n else None,
-            count=n)
+            mean=round(sum(values) / n, PERCENT_DIGITS) if n else None,
+            mean_rank=(round(sum(ranks[row["id"]]) / n, PERCENT_DIGITS) if is_ranked else None),
+            count=n, ranked=is_ranked)
     return out
 
 
@@ -162,8 +196,20 @@ def _reproduced_rows(results: Iterable[dict[str, Any]], problems: list[str]
     return list(rows.values()), drill, domains
 
 
+def training_key(trained_on: Iterable[str], method: str, kind: str) -> tuple[str, ...]:
+    """The auxiliary training data a value really used, as a sorted tuple (() = none).
+
+    A reported value of a training-free method (:data:`TRAINING_FREE_METHODS`) used none,
+    whatever its table's protocol names; ``"none"`` entries are dropped."""
+    if kind == "reported" and method_key(method) in TRAINING_FREE_METHODS:
+        return ()
+    return tuple(sorted({t for t in trained_on if t and t != "none"}))
+
+
 def _comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Reproduced minus reported, per (reproduced row, metric, dataset) with a reported value.
+    """Reproduced minus reported, per (reproduced row, metric, dataset) with a reported value
+    of the same method, target dataset and training data (the protocol ``train->target``):
+    a value trained on VisA is never compared with one trained on MVTec AD.
 
     The reported value comes from the method's own publication when there is one (a source id
     starting with the method's name), else from the first other source that has the cell."""
@@ -179,15 +225,21 @@ def _comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for metric, cells in row["cells"].items():
             for dataset, cell in cells.items():
+                trained = training_key(cell["trained_on"], row["method"], row["kind"])
                 match = next((r for r in reported_by_method.get(row["method_key"], [])
-                              if dataset in r["cells"].get(metric, {})), None)
+                              if (other := r["cells"].get(metric, {}).get(dataset)) is not None
+                              and training_key(other["trained_on"], r["method"], r["kind"])
+                              == trained), None)
                 if match is None:
                     continue
-                reported_value = match["cells"][metric][dataset]["value"]
+                reported = match["cells"][metric][dataset]
                 out.append({"reproduced_row": row["id"], "reported_row": match["id"],
                             "method": row["method"], "metric": metric, "dataset": dataset,
-                            "reproduced": cell["value"], "reported": reported_value,
-                            "difference": round(cell["value"] - reported_value, PERCENT_DIGITS),
+                            "trained_on": list(trained), "protocol": cell["protocol"],
+                            "reported_protocol": reported["protocol"],
+                            "reproduced": cell["value"], "reported": reported["value"],
+                            "difference": round(cell["value"] - reported["value"],
+                                                PERCENT_DIGITS),
                             "reported_source": match["detail"]})
     return out
 
@@ -203,8 +255,9 @@ def _dataset_list(rows: Sequence[dict[str, Any]], extra_domains: dict[str, str])
 def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[ReportedValue],
                     problems: Sequence[str] = (), gallery: Sequence[dict] = ()) -> dict[str, Any]:
     """Assemble the page's data: datasets, metrics, rows with provenance, default summaries
-    (over :func:`summary_datasets`), reproduced-vs-reported comparisons, drill-down, gallery,
-    skipped files."""
+    (over the :func:`common_datasets` of :func:`summary_datasets`, listed per metric in
+    ``summary_datasets``), reproduced-vs-reported comparisons, drill-down, gallery, skipped
+    files."""
     problems = list(problems)
     reported_rows, reported_drill = _reported_rows(reported)
     reproduced_rows, reproduced_drill, domains = _reproduced_rows(results, problems)
@@ -217,10 +270,11 @@ def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[Report
     ranked_ids = summary_datasets(datasets)
     summary = {m["id"]: {row_id: s.__dict__ for row_id, s in
                          summarize(rows, m["id"], ranked_ids).items()} for m in metrics}
+    common = {m["id"]: common_datasets(rows, m["id"], ranked_ids) for m in metrics}
     drill: dict[str, list[dict]] = {}
     for entry in reported_drill + reproduced_drill:
         drill.setdefault(entry["dataset"], []).append(entry)
     return {"format": 1, "zsbench_version": __version__, "metrics": metrics,
-            "datasets": datasets, "rows": rows, "summary": summary,
+            "datasets": datasets, "rows": rows, "summary": summary, "summary_datasets": common,
             "comparisons": _comparisons(rows), "drilldown": drill, "gallery": list(gallery),
             "skipped": problems}

@@ -208,12 +208,20 @@
     /* means and ranks use real datasets when any are shown (mirrors site_data.summary_datasets) */
     const realIds = columns.filter(function (d) { return d.domain !== "synthetic"; })
       .map(function (d) { return d.id; });
-    const summary = T.summarize(rows, metric, realIds.length ? realIds : ids, state.trained);
+    const summaryIds = realIds.length ? realIds : ids;
+    const summary = T.summarize(rows, metric, summaryIds, state.trained);
+    const common = T.commonDatasets(rows, metric, summaryIds, state.trained);
+    const unranked = rows.filter(function (r) { return !summary[r.id].ranked; }).length;
     const sorted = T.sortRows(rows, state.sort, state.dir, metric, summary, state.trained);
     const table = clear($("leaderboard"));
     $("table-caption").textContent = metricLabel(metric) + " (%) \u2014 " + sorted.length +
-      " rows \u00d7 " + columns.length + " datasets. Mean and mean rank over the datasets each " +
-      "row covers (n); \u2013 = not reported. Click a header to sort, a value for its provenance.";
+      " rows \u00d7 " + columns.length + " datasets. Mean and mean rank over the " +
+      common.length + " datasets every ranked row has (" + common.map(function (d) {
+        return datasetById(d).title; }).join(", ") + ")" + (unranked ? "; the " + unranked +
+      " rows lacking any of them are not ranked: their mean (grey) is over their own n " +
+      "datasets and not comparable" : "") + ". \u2013 = not reported. Click a header to sort, " +
+      "a value for its provenance.";
+    $("table-caption").setAttribute("data-common", common.join(","));
     if (!sorted.length) {
       $("table-empty").hidden = false;
       $("table-empty").textContent = "No values for " + metricLabel(metric) + " under these " +
@@ -260,7 +268,8 @@
     table.appendChild(thead);
     const tbody = el("tbody");
     sorted.forEach(function (r) {
-      const tr = el("tr", { "data-row-id": r.id, "data-kind": r.kind, class: "row-" + r.kind });
+      const tr = el("tr", { "data-row-id": r.id, "data-kind": r.kind, class: "row-" + r.kind +
+        (summary[r.id].ranked ? "" : " row-unranked") });
       tr.appendChild(el("th", { scope: "row", class: "method-col" }, [
         el("span", { class: "method-name", text: r.label }),
         el("span", { class: "badge badge-" + r.kind, text: r.kind }),
@@ -286,10 +295,16 @@
         }, [T.format(v)]));
       });
       const s = summary[r.id];
-      tr.appendChild(el("td", { class: "num summary group-start", "data-col": "mean",
-        "data-exact": s.mean, text: T.format(s.mean) }));
-      tr.appendChild(el("td", { class: "num summary", "data-col": "rank",
-        "data-exact": s.mean_rank, text: T.format(s.mean_rank, 2) }));
+      const why = s.ranked ? null : "not ranked: lacks " + common.filter(function (d) {
+        return T.visibleValue(r, metric, d, state.trained) === null;
+      }).map(function (d) { return datasetById(d).title; }).join(", ") +
+        (s.count ? "; mean over its own " + s.count + " datasets" : "");
+      tr.appendChild(el("td", { class: "num summary group-start" + (s.ranked ? "" : " unranked"),
+        "data-col": "mean", "data-exact": s.mean, "data-ranked": s.ranked ? "true" : "false",
+        title: why, text: T.format(s.mean) }));
+      tr.appendChild(el("td", { class: "num summary" + (s.ranked ? "" : " unranked"),
+        "data-col": "rank", "data-exact": s.mean_rank, title: why,
+        text: T.format(s.mean_rank, 2) }));
       tr.appendChild(el("td", { class: "num summary count", "data-col": "count",
         text: s.count + "/" + columns.length }));
       tbody.appendChild(tr);
@@ -320,7 +335,10 @@
     box.appendChild(el("h2", { text: "Reported vs reproduced \u2014 " + metricLabel(metric) }));
     box.appendChild(el("p", { class: "hint", text: "Each cell: reproduced value, the published " +
       "value it is compared with, and the difference (reproduced \u2212 reported, in points). " +
-      "The published value comes from the method's own paper when available." }));
+      "Only values of the same target dataset and training data are compared (a run trained " +
+      "on VisA is never compared with a published value trained on MVTec AD; training-free " +
+      "methods use none). The published value comes from the method's own paper when " +
+      "available." }));
     if (!comps.length) {
       box.appendChild(el("p", { class: "empty", text: "No reproduced result has a published " +
         "counterpart for " + metricLabel(metric) + " under these filters." }));
@@ -341,7 +359,8 @@
       const r = rowById[id];
       const sources = [];
       comps.forEach(function (c) {
-        if (c.reproduced_row === id && sources.indexOf(c.reported_source) < 0) sources.push(c.reported_source);
+        const source = c.reported_source + " (" + c.reported_protocol + ")";
+        if (c.reproduced_row === id && sources.indexOf(source) < 0) sources.push(source);
       });
       const tr = el("tr", { "data-row-id": id }, [el("th", { class: "method-col", scope: "row" }, [
         el("span", { class: "method-name", text: r.label }),
@@ -358,8 +377,9 @@
           class: "num diff-cell " + (c.difference >= 0 ? "diff-pos" : "diff-neg"),
           style: "background:" + colour + (0.1 + 0.45 * strength).toFixed(3) + ")",
           "data-dataset": d.id, "data-difference": c.difference,
-          title: "reproduced " + c.reproduced.toFixed(2) + " \u2212 reported " +
-            c.reported.toFixed(2) + " (" + c.reported_source + ")",
+          title: "reproduced " + c.reproduced.toFixed(2) + " (" + c.protocol + ", trained on " +
+            (c.trained_on.join("+") || "none") + ") \u2212 reported " + c.reported.toFixed(2) +
+            " (" + c.reported_source + ", " + c.reported_protocol + ")",
           onclick: function () {
             showProvenance(r, d, r.cells[metric][d.id], [["compared with", c.reported_source +
               ": " + c.reported.toFixed(2)], ["difference", T.formatDifference(c.difference)]]);

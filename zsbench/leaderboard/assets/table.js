@@ -1,5 +1,6 @@
 /* zsbench leaderboard: table logic (no DOM). Means, mean ranks, sorting and cell filters.
-   Mirrors zsbench.leaderboard.site_data.summarize: missing values are skipped, never 0. */
+   Mirrors zsbench.leaderboard.site_data.summarize: missing values are skipped, never 0, and
+   only rows having every common dataset are ranked. */
 "use strict";
 
 window.ZS = window.ZS || {};
@@ -27,16 +28,45 @@ ZS.table = (function () {
     return cell.value;
   }
 
-  /** {rowId: {mean, mean_rank, count}} over datasetIds; ties share their average rank. */
+  /** Dataset ids (of datasetIds) for which a row has a visible value. */
+  function covered(row, metric, datasetIds, trainedOn) {
+    return datasetIds.filter(function (d) {
+      return visibleValue(row, metric, d, trainedOn || "any") !== null;
+    });
+  }
+
+  /** The datasets means and ranks are taken over (mirrors site_data.common_datasets): of the
+      rows' own dataset sets, the one putting the most values into the ranking (rows having all
+      of it x its size), then the larger, then the earlier row's; in datasetIds order. */
+  function commonDatasets(rows, metric, datasetIds, trainedOn) {
+    const sets = rows.map(function (r) { return covered(r, metric, datasetIds, trainedOn); });
+    let best = [], bestScore = 0, bestSize = 0;
+    sets.forEach(function (candidate) {
+      if (!candidate.length) return;
+      const having = sets.filter(function (s) {
+        return candidate.every(function (d) { return s.indexOf(d) >= 0; });
+      }).length;
+      const score = having * candidate.length;
+      if (score > bestScore || (score === bestScore && candidate.length > bestSize)) {
+        best = candidate; bestScore = score; bestSize = candidate.length;
+      }
+    });
+    return datasetIds.filter(function (d) { return best.indexOf(d) >= 0; });
+  }
+
+  /** {rowId: {mean, mean_rank, count, ranked}} (mirrors site_data.summarize): rows having
+      every common dataset are ranked over exactly those; the others get the mean over their
+      own datasets (count of them) and no rank. Ties share their average rank. */
   function summarize(rows, metric, datasetIds, trainedOn) {
-    const ranks = {}, values = {};
-    rows.forEach(function (r) { ranks[r.id] = []; values[r.id] = []; });
-    datasetIds.forEach(function (d) {
-      const present = [];
-      rows.forEach(function (r) {
-        const v = visibleValue(r, metric, d, trainedOn || "any");
-        if (v !== null) present.push([r.id, v]);
-      });
+    trainedOn = trainedOn || "any";
+    const common = commonDatasets(rows, metric, datasetIds, trainedOn);
+    const ranked = rows.filter(function (r) {
+      return common.length > 0 && covered(r, metric, common, trainedOn).length === common.length;
+    });
+    const ranks = {};
+    ranked.forEach(function (r) { ranks[r.id] = []; });
+    common.forEach(function (d) {
+      const present = ranked.map(function (r) { return [r.id, visibleValue(r, metric, d, trainedOn)]; });
       present.forEach(function (p) {
         let better = 0, tied = 0;
         present.forEach(function (q) {
@@ -44,17 +74,20 @@ ZS.table = (function () {
           else if (q[1] === p[1]) tied += 1;
         });
         ranks[p[0]].push(better + (tied + 1) / 2);
-        values[p[0]].push(p[1]);
       });
     });
+    const sum = function (a) { return a.reduce(function (s, x) { return s + x; }, 0); };
     const out = {};
     rows.forEach(function (r) {
-      const n = values[r.id].length;
-      const sum = function (a) { return a.reduce(function (s, x) { return s + x; }, 0); };
+      const isRanked = Object.prototype.hasOwnProperty.call(ranks, r.id);
+      const used = isRanked ? common : covered(r, metric, datasetIds, trainedOn);
+      const values = used.map(function (d) { return visibleValue(r, metric, d, trainedOn); });
+      const n = values.length;
       out[r.id] = {
-        mean: n ? sum(values[r.id]) / n : null,
-        mean_rank: n ? sum(ranks[r.id]) / n : null,
+        mean: n ? sum(values) / n : null,
+        mean_rank: isRanked ? sum(ranks[r.id]) / n : null,
         count: n,
+        ranked: isRanked,
       };
     });
     return out;
@@ -75,7 +108,8 @@ ZS.table = (function () {
   /** Sort key of a row for a column: "method", "mean", "rank", "count" or a dataset id. */
   function sortKey(row, column, metric, summary, trainedOn) {
     if (column === "method") return row.label.toLowerCase() + " " + row.detail;
-    if (column === "mean") return summary[row.id].mean;
+    /* unranked rows' means cover other datasets: never sorted among the ranked ones */
+    if (column === "mean") return summary[row.id].ranked ? summary[row.id].mean : null;
     if (column === "rank") return summary[row.id].mean_rank;
     if (column === "count") return summary[row.id].count;
     return visibleValue(row, metric, column, trainedOn);
@@ -108,7 +142,7 @@ ZS.table = (function () {
 
   return {
     cellOf: cellOf, trainedOnMatches: trainedOnMatches, visibleValue: visibleValue,
-    summarize: summarize, compareKeys: compareKeys, sortRows: sortRows, format: format,
+    covered: covered, commonDatasets: commonDatasets, summarize: summarize, compareKeys: compareKeys, sortRows: sortRows, format: format,
     formatDifference: formatDifference,
   };
 })();
