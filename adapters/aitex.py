@@ -88,6 +88,7 @@ class AITEXAdapter(DatasetAdapter):
         homepage="https://www.aitex.es/afid/",
         has_masks=True,
         has_normals=True,
+        short_title="AITEX", order=60,
         description=("Fabric images (4096x256, 7 fabrics): 105 with one of 12 defect types and "
                      "a mask (several masks of one image merged by OR), 140 defect-free. Not "
                      "re-hosted until AITEX's licence is confirmed; build it locally."),

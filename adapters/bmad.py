@@ -130,13 +130,14 @@ class BMADAdapter(DatasetAdapter):
 
 
 def _bmad_info(name: str, title: str, category: str, prompt: str, source_licence: str,
-               has_masks: bool, description: str, homepage: str = BMAD_HOMEPAGE) -> DatasetInfo:
+               has_masks: bool, description: str, homepage: str = BMAD_HOMEPAGE,
+               order: int = 1000) -> DatasetInfo:
     return DatasetInfo(
         name=name, title=title, domain="medical", categories=(category,),
         prompt_names={category: prompt},
         license=f"{source_licence} (via BMAD; unverified)",
         rehostable=False, citation=BMAD_CITATION, homepage=homepage, has_masks=has_masks,
-        has_normals=True, splits=("train", "valid", "test"),
+        has_normals=True, splits=("train", "valid", "test"), order=order,
         description=description + " BMAD layout. Not re-hosted (licence unverified); build "
                                   "it locally from the BMAD download.")
 
@@ -149,7 +150,7 @@ class BMADBraTSAdapter(BMADAdapter):
     defect_type = "tumor"
     info = _bmad_info("bmad_brats2021", "BMAD BraTS2021 (brain MRI)", "brain", "brain",
                       "BraTS 2021 terms", True,
-                      "Brain MRI slices; tumour slices anomalous with masks.")
+                      "Brain MRI slices; tumour slices anomalous with masks.", order=130)
 
 
 @register_adapter("bmad_liver")
@@ -160,7 +161,7 @@ class BMADLiverAdapter(BMADAdapter):
     defect_type = "tumor"
     info = _bmad_info("bmad_liver", "BMAD liver CT (BTCV + LiTS)", "liver", "liver",
                       "BTCV Synapse / LiTS CC BY-NC-SA 4.0", True,
-                      "Abdominal CT slices; liver tumour slices anomalous with masks.")
+                      "Abdominal CT slices; liver tumour slices anomalous with masks.", order=140)
 
 
 @register_adapter("bmad_resc")
@@ -171,7 +172,7 @@ class BMADRESCAdapter(BMADAdapter):
     defect_type = "edema"
     info = _bmad_info("bmad_resc", "BMAD RESC (retinal OCT)", "retina", "retina",
                       "RESC terms unstated", True,
-                      "Retinal OCT B-scans; scans with fluid anomalous with masks.")
+                      "Retinal OCT B-scans; scans with fluid anomalous with masks.", order=150)
 
 
 @register_adapter("bmad_oct2017")
@@ -182,7 +183,8 @@ class BMADOCT2017Adapter(BMADAdapter):
     defect_type = "disease"
     info = _bmad_info("bmad_oct2017", "BMAD OCT2017 (retinal OCT)", "retina", "retina",
                       "OCT2017 CC BY 4.0", False,
-                      "Retinal OCT scans; CNV, DME and drusen scans anomalous (no masks).")
+                      "Retinal OCT scans; CNV, DME and drusen scans anomalous (no masks).",
+                      order=160)
 
 
 @register_adapter("bmad_rsna")
@@ -194,7 +196,7 @@ class BMADRSNAAdapter(BMADAdapter):
     defect_type = "opacity"
     info = _bmad_info("bmad_rsna", "BMAD RSNA (chest X-ray)", "chest", "chest",
                       "RSNA Kaggle competition rules", False,
-                      "Chest X-rays; lung opacity anomalous (no masks).")
+                      "Chest X-rays; lung opacity anomalous (no masks).", order=170)
 
 
 @register_adapter("bmad_camelyon16")
@@ -207,4 +209,4 @@ class BMADCamelyon16Adapter(BMADAdapter):
     info = _bmad_info("bmad_camelyon16", "BMAD Camelyon16 (histopathology)", "histopathology",
                       "histopathology", "Camelyon16 CC0 1.0", False,
                       "Lymph-node histopathology patches; metastasis patches anomalous (no "
-                      "masks).")
+                      "masks).", order=180)

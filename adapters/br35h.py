@@ -27,6 +27,7 @@ class Br35HAdapter(ClassFoldersAdapter):
         homepage="https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
         has_masks=False,
         has_normals=True,
+        short_title="Br35H", order=30,
         description=("Brain MRI slices labelled tumour (yes) or not (no); image-level labels "
                      "only; the unlabelled pred/ folder is ignored. Not re-hosted: the licence "
                      "was not verified; build it locally."),

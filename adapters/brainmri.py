@@ -30,6 +30,7 @@ class BrainMRIAdapter(ClassFoldersAdapter):
         homepage="https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection",
         has_masks=False,
         has_normals=True,
+        short_title="BrainMRI", order=20,
         description=("Brain MRI slices labelled tumour (yes) or not (no); image-level labels "
                      "only. Only brain_tumor_dataset/ is read when the root duplicate yes/no "
                      "pair is present. Not re-hosted: no licence is stated; build it locally."),

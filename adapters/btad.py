@@ -32,6 +32,7 @@ class BTADAdapter(MVTecLayoutAdapter):
         homepage="https://github.com/pankajmishra000/VT-ADL",
         has_masks=True,
         has_normals=True,
+        order=40,
         splits=("train", "test"),
         description="Three industrial products; 2,540 images, pixel masks for defects.",
     )

@@ -30,6 +30,7 @@ class CVCClinicDBAdapter(ImageMaskFoldersAdapter):
         homepage="https://polyp.grand-challenge.org/CVCClinicDB/",
         has_masks=True,
         has_normals=False,
+        order=80,
         description=("Colonoscopy polyp frames, every one anomalous with a polyp mask (.tif in "
                      "the original). Not re-hosted: no licence granting redistribution was "
                      "found; build it locally."),

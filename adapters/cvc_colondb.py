@@ -28,6 +28,7 @@ class CVCColonDBAdapter(ImageMaskFoldersAdapter):
         homepage="http://mv.cvc.uab.es/projects/colon-qa/cvccolondb",
         has_masks=True,
         has_normals=False,
+        order=70,
         description=("Colonoscopy polyp frames, every one anomalous with a polyp mask. Not "
                      "re-hosted: no licence granting redistribution was found; build it "
                      "locally."),

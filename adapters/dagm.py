@@ -88,6 +88,7 @@ class DAGMAdapter(DatasetAdapter):
         homepage="https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection",
         has_masks=True,
         has_normals=True,
+        paper_name="DAGM", order=70,
         splits=("train", "test"),
         description="Ten synthetic textured surfaces; defects labelled with coarse ellipses.",
     )

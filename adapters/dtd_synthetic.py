@@ -28,6 +28,7 @@ class DTDSyntheticAdapter(MVTecLayoutAdapter):
         homepage="https://drive.google.com/drive/folders/10OyPzvI3H6llCZBxKxFlKWt1Pw1tkMK1",
         has_masks=True,
         has_normals=True,
+        order=80,
         splits=("train", "test"),
         description="Textures from the Describable Textures Dataset with synthesized defects.",
     )

@@ -88,6 +88,7 @@ class ELPVAdapter(DatasetAdapter):
         homepage="https://github.com/zae-bayern/elpv-dataset",
         has_masks=False,
         has_normals=True,
+        order=90,
         description="Solar-cell EL images; anomalous iff the defect probability is > 0.",
     )
 

@@ -39,6 +39,7 @@ class EndoAdapter(ImageMaskFoldersAdapter):
         homepage="https://endotect.com/",
         has_masks=True,
         has_normals=False,
+        short_title="Endo", order=100,
         description=("Endoscopy polyp images, every one anomalous with a polyp mask. Not "
                      "re-hosted: the challenge terms do not grant redistribution; build it "
                      "locally."),

@@ -76,6 +76,7 @@ class HeadCTAdapter(DatasetAdapter):
         homepage="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
         has_masks=False,
         has_normals=True,
+        order=10,
         description="Head CT slices with and without intracranial haemorrhage.",
     )
 

@@ -31,6 +31,7 @@ class ISICAdapter(ImageMaskFoldersAdapter):
         homepage="https://challenge.isic-archive.com/data/#2016",
         has_masks=True,
         has_normals=False,
+        short_title="ISIC 2016", paper_name="ISIC", order=60,
         description=("Dermoscopy images of skin lesions, every one anomalous with a lesion "
                      "mask. Not re-hosted: the licence of the 2016 challenge data was not "
                      "verified; build it locally."),

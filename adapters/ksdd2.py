@@ -57,6 +57,7 @@ class KolektorSDD2Adapter(DatasetAdapter):
         homepage="https://www.vicos.si/resources/kolektorsdd2/",
         has_masks=True,
         has_normals=True,
+        order=140,
         splits=("train", "test"),
         description=("Surface defects of electrical commutators; an image is anomalous iff its "
                      "_GT image is non-zero. Not re-hosted (licence unverified)."),

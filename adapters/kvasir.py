@@ -29,6 +29,7 @@ class KvasirAdapter(ImageMaskFoldersAdapter):
         homepage="https://datasets.simula.no/kvasir-seg/",
         has_masks=True,
         has_normals=False,
+        paper_name="Kvasir", order=90,
         description=("Colonoscopy polyp images, every one anomalous with a polyp mask (JPEG, "
                      "binarise > 127). Not re-hosted: the terms restrict use to research and "
                      "education and do not grant redistribution; build it locally."),

@@ -31,6 +31,7 @@ class LAGAdapter(ClassFoldersAdapter):
         homepage="https://github.com/smilell/AG-CNN",
         has_masks=False,
         has_normals=True,
+        short_title="LAG", order=50,
         description=("Fundus photographs labelled suspicious glaucoma (anomalous) or not; "
                      "image-level labels only. The licence forbids re-upload: build locally "
                      "only, never publish."),

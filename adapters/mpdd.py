@@ -34,6 +34,7 @@ class MPDDAdapter(MVTecLayoutAdapter):
         homepage="https://github.com/stepanje/MPDD",
         has_masks=True,
         has_normals=True,
+        order=30,
         splits=("train", "test"),
         description="Painted metal parts under varied poses, lighting and backgrounds.",
     )

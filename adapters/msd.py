@@ -143,6 +143,7 @@ class MSDLungAdapter(DatasetAdapter):
         homepage="http://medicaldecathlon.com/",
         has_masks=True,
         has_normals=True,
+        short_title="MSD (lung)", paper_name="MSD", order=120, install_extra="medical",
         description=(
             "zsbench 2-D protocol for the labelled CT volumes (imagesTr): axial slices in RAS, "
             "radiological view, lung window [-1000, 400] HU mapped to 0..255; slices with "

@@ -206,6 +206,7 @@ class MVTecAdapter(MVTecLayoutAdapter):
         homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad",
         has_masks=True,
         has_normals=True,
+        paper_name="MVTecAD", order=10,
         splits=("train", "test"),
         description="Industrial inspection: 5 textures and 10 objects; pixel-precise masks.",
     )

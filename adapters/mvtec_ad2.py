@@ -57,6 +57,7 @@ class MVTecAD2Adapter(DatasetAdapter):
         homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
         has_masks=True,
         has_normals=True,
+        order=120,
         splits=("train", "validation", "test"),
         description=("Eight objects under varied lighting; the public test set (test_public) "
                      "is the test split, the private test sets have no labels."),

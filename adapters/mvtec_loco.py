@@ -87,6 +87,7 @@ class MVTecLOCOAdapter(MVTecLayoutAdapter):
         homepage="https://www.mvtec.com/company/research/datasets/mvtec-loco",
         has_masks=True,
         has_normals=True,
+        order=130,
         splits=("train", "validation", "test"),
         description=("Structural and logical anomalies; defect_type keeps the kind. Zero-shot "
                      "protocols use --option anomalies=structural (logical anomalies need a "

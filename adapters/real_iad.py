@@ -78,6 +78,7 @@ class RealIADAdapter(DatasetAdapter):
         homepage="https://realiad4ad.github.io/Real-IAD/",
         has_masks=True,
         has_normals=True,
+        order=150,
         splits=("train", "test"),
         description=("30 objects seen from 5 cameras; splits from the realiad_jsons files. "
                      "Not re-hosted (obtained on request); build it locally."),

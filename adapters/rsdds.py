@@ -49,6 +49,7 @@ class RSDDsAdapter(DatasetAdapter):
         homepage="https://ieee-dataport.org/documents/rsdds",
         has_masks=True,
         has_normals=False,
+        short_title="RSDDs", order=110,
         description=("Rail surface images of express (Type-I) and heavy-haul (Type-II) rails, "
                      "every one anomalous with a defect mask; the part is in "
                      "extra['rail_type']. Not re-hosted: no licence is stated; build it "

@@ -33,6 +33,7 @@ class SDSaliency900Adapter(ImageMaskFoldersAdapter):
         homepage="https://github.com/SongGuorong/MCITF",
         has_masks=True,
         has_normals=False,
+        order=100,
         description=("Strip-steel surface images with inclusion, patch or scratch defects, every "
                      "one anomalous with a mask; defect_type from the file prefix. Not "
                      "re-hosted: no licence is stated; build it locally."),

@@ -83,6 +83,7 @@ class KolektorSDDAdapter(DatasetAdapter):
         homepage="https://www.vicos.si/resources/kolektorsdd/",
         has_masks=True,
         has_normals=True,
+        paper_name="SDD", order=50,
         description="Surface cracks on plastic-embedded electrical commutators.",
     )
 

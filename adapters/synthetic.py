@@ -21,7 +21,8 @@ def _info(name: str, description: str) -> DatasetInfo:
         categories=spec.categories, prompt_names={c: "object" for c in spec.categories},
         license="CC0-1.0", rehostable=True, citation=_CITATION,
         homepage="https://github.com/zsbench/zsbench", has_masks=True, has_normals=True,
-        splits=("train", "test"), description=description)
+        splits=("train", "test"), description=description,
+        order=10 * (1 + sorted(SPECS).index(name)))
 
 
 @register_adapter("synthetic_a")

@@ -28,6 +28,7 @@ class TN3KAdapter(ImageMaskFoldersAdapter):
         homepage="https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation",
         has_masks=True,
         has_normals=False,
+        short_title="TN3K", order=110,
         description=("Thyroid ultrasound test images, every one anomalous with a nodule mask. "
                      "Not re-hosted: no licence is stated; build it locally."),
     )

@@ -114,6 +114,7 @@ class VisAAdapter(DatasetAdapter):
         homepage="https://github.com/amazon-science/spot-diff",
         has_masks=True,
         has_normals=True,
+        order=20,
         splits=("train", "test"),
         description="12 objects (PCBs, capsules, foods) with complex structures; 10,821 images.",
     )

@@ -24,7 +24,7 @@ from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, 
 from zsbench.prompt_learner import PLACEHOLDER_WORD, PromptLearner
 from zsbench.prompt_scoring import (
     image_logits,
-    layer_probability_maps,
+    input_probability_maps,
     pixel_anomaly_map,
     prompt_training_loss,
 )
@@ -77,7 +77,7 @@ ABNORMAL_TEMPLATE = "damaged object."
 
 # -- method ----------------------------------------------------------------------------------------
 
-@register_method("anomalyclip")
+@register_method
 class AnomalyCLIP(AnomalyMethod):
     """AnomalyCLIP on the shared backbone; only the prompt learner is trained."""
 
@@ -154,18 +154,14 @@ class AnomalyCLIP(AnomalyMethod):
                                               global_ln_post=self.config.global_ln_post)
         return features.global_embedding, [features.patch_tokens[layer] for layer in layers]
 
-    def _probability_maps(self, images: Tensor, patch_tokens: Sequence[Tensor], text: Tensor
-                          ) -> list[Tensor]:
-        return layer_probability_maps(patch_tokens, text, self.backbone.patch_grid(images),
-                                      images.shape[-1], self.config.temperature)
-
     # -- scores ---------------------------------------------------------------------------------
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         text = self.text_embeddings()
         global_embedding, patch_tokens = self.image_features(images)
         image_scores = text_probabilities(global_embedding, text, self.config.temperature)[:, 1]
         _, weights = self.layer_weights()
-        maps = self._probability_maps(images, patch_tokens, text)
+        maps = input_probability_maps(self.backbone, images, patch_tokens, text,
+                                      self.config.temperature)
         return Prediction(image_scores, pixel_anomaly_map(maps, weights, self.config.sigma))
 
     # -- loss -----------------------------------------------------------------------------------
@@ -175,7 +171,8 @@ class AnomalyCLIP(AnomalyMethod):
             global_embedding, patch_tokens = self.image_features(images)
         text = self.text_embeddings()
         _, weights = self.layer_weights()
-        maps = self._probability_maps(images, patch_tokens, text)
+        maps = input_probability_maps(self.backbone, images, patch_tokens, text,
+                                      self.config.temperature)
         return prompt_training_loss(image_logits(global_embedding, text, self.config.temperature),
                                     batch["label"], maps, weights, batch["mask"],
                                     segmentation_weight=self.config.lam)

@@ -301,7 +301,7 @@ def tta_objective(clean_probs: Tensor, noisy_probs: Tensor, pseudo_label_weight:
     return entropy + pseudo_label_weight * pseudo
 
 
-@register_method("anovl")
+@register_method
 class AnoVL(AnomalyMethod):
     """V-V attention CLIP with domain-aware prompts and a test-time adapter."""
 
@@ -317,6 +317,7 @@ class AnoVL(AnomalyMethod):
         license="see upstream repository",
         class_aware=True,
     )
+    needs_grad_at_test = True  # the test-time adapter steps an optimizer inside predict
     presets = {
         # vl_test.py as test_zero_shot.sh runs it on MVTec AD
         "upstream": {
@@ -359,9 +360,7 @@ class AnoVL(AnomalyMethod):
                               f"{', '.join(TTA_ADAPTERS)}")
         if config.tta_steps < 0:
             raise ConfigError(f"tta_steps must be >= 0, got {config.tta_steps}")
-        for name in ("tta_lr", "tta_noise_std", "tta_pseudo_label_weight", "sigma"):
-            if getattr(config, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+        self.require_non_negative("tta_lr", "tta_noise_std", "tta_pseudo_label_weight", "sigma")
         self.map_layer = layer
         self.logit_scale = 1.0 if config.softmax_without_logit_scale else CLIP_LOGIT_SCALE
         self.text_cache = ClassTextCache(self.encode_class_text)
@@ -486,8 +485,7 @@ class AnoVL(AnomalyMethod):
     def patch_scores(self, images: Tensor, class_names: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Image scores ``[B]`` and the patch-level anomaly map ``[B, h, w]`` (after the mean
         filter, before upsampling). Images are adapted in batch order."""
-        if len(class_names) != images.shape[0]:
-            raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+        class_names = self.check_batch(images, class_names)
         global_embedding, tokens = self.encode_views(images)
         text = self.text_cache(class_names).to(global_embedding.device)
         temperature = 1.0 / self.logit_scale
@@ -513,7 +511,7 @@ class AnoVL(AnomalyMethod):
                                 3, stride=1).squeeze(1)
         return image_scores, grid
 
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         image_scores, grid = self.patch_scores(images, class_names)
         maps = upsample(grid, images.shape[-1], align_corners=self.config.map_align_corners)
         return Prediction(image_scores, gaussian_smooth(maps, self.config.sigma))

@@ -77,7 +77,7 @@ class AprilGanConfig(MethodConfig):
                              "convention")
 
 
-@register_method("april_gan")
+@register_method
 class AprilGan(AnomalyMethod):
     """Frozen CLIP + one trained linear projection per intermediate layer."""
 
@@ -107,8 +107,7 @@ class AprilGan(AnomalyMethod):
         backbone.check_layers(config.layers, "layers")
         if config.prompt_class_name is not None and not config.prompt_class_name.strip():
             raise ValueError("prompt_class_name must be none or a non-empty word")
-        if config.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {config.sigma}")
+        self.require_non_negative("sigma")
         self.layers = tuple(config.layers)
         self.patch_projections = nn.ModuleList(
             nn.Linear(backbone.vision_width, backbone.embed_dim, device=backbone.device)
@@ -155,9 +154,7 @@ class AprilGan(AnomalyMethod):
                 maps.append(upsample(tokens_to_grid(probs, self.backbone.grid_size), size))
         return global_probs, maps
 
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        if len(class_names) != images.shape[0]:
-            raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         text = self.class_text(class_names, images.device)
         global_probs, maps = self.layer_probabilities(images, text)
         pixel_map = torch.stack([m[:, 1] for m in maps], dim=0).sum(dim=0)

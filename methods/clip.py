@@ -65,8 +65,7 @@ class PatchTextScorer(AnomalyMethod):
         layer = backbone.check_layer(config.map_layer, "map_layer")
         if config.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {config.logit_scale}")
-        if config.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {config.sigma}")
+        self.require_non_negative("sigma")
         self.map_layer = layer
         self.text_cache = ClassTextCache(self.encode_class_text)
 
@@ -74,9 +73,7 @@ class PatchTextScorer(AnomalyMethod):
         """``[2, D]`` unit text embeddings (normal, anomalous) of one class."""
         raise NotImplementedError
 
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        if len(class_names) != images.shape[0]:
-            raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         features = self.backbone.encode_image(images, layers=(self.map_layer,))
         text = self.text_cache(class_names).to(features.global_embedding.device)
         temperature = 1.0 / self.config.logit_scale
@@ -86,7 +83,7 @@ class PatchTextScorer(AnomalyMethod):
         return Prediction(image_scores, gaussian_smooth(maps[:, 1], self.config.sigma))
 
 
-@register_method("clip")
+@register_method
 class ClipBaseline(PatchTextScorer):
     """CLIP with one normal and one anomalous class-aware prompt."""
 

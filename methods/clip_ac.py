@@ -30,7 +30,7 @@ class ClipAcConfig(ClipConfig):
     """CLIP-AC options (the CLIP baseline's: map layer, logit scale, sigma)."""
 
 
-@register_method("clip_ac")
+@register_method
 class ClipAc(PatchTextScorer):
     """CLIP with "normal/anomalous [o]" states in the CLIP ImageNet template ensemble."""
 

@@ -38,7 +38,7 @@ class CoCoOpConfig(CoOpConfig):
 
 # -- method ----------------------------------------------------------------------------------------
 
-@register_method("cocoop")
+@register_method
 class CoCoOp(CoOp):
     """CoOp whose context is shifted per image by a meta-net on the image embedding."""
 

@@ -24,7 +24,7 @@ from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, 
 from zsbench.prompt_learner import PLACEHOLDER_WORD, PromptLearner
 from zsbench.prompt_scoring import (
     image_logits,
-    layer_probability_maps,
+    input_probability_maps,
     pixel_anomaly_map,
     prompt_training_loss,
 )
@@ -55,7 +55,7 @@ ANOMALOUS_TEMPLATE = "anomalous {}."
 
 # -- method ----------------------------------------------------------------------------------------
 
-@register_method("coop")
+@register_method
 class CoOp(AnomalyMethod):
     """CoOp: a learnable context before "normal {cls}." / "anomalous {cls}."."""
 
@@ -98,36 +98,25 @@ class CoOp(AnomalyMethod):
                              device=per_class.device)
         return per_class[index]
 
-    def _probability_maps(self, images: Tensor, patch_tokens: Sequence[Tensor], text: Tensor
-                          ) -> list[Tensor]:
-        return layer_probability_maps(patch_tokens, text, self.backbone.patch_grid(images),
-                                      images.shape[-1], self.config.temperature)
-
-    def _check_class_names(self, images: Tensor, class_names: Sequence[str]) -> list[str]:
-        names = [class_names] if isinstance(class_names, str) else list(class_names)
-        if len(names) != images.shape[0]:
-            raise ValueError(f"{self.info.name} needs one class name per image: got "
-                             f"{len(names)} names for {images.shape[0]} images")
-        return names
-
     # -- scores ---------------------------------------------------------------------------------
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        names = self._check_class_names(images, class_names)
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         global_embedding, patch_tokens = self.image_features(images)
-        text = self.text_embeddings(names, global_embedding)
+        text = self.text_embeddings(class_names, global_embedding)
         image_scores = text_probabilities(global_embedding, text, self.config.temperature)[:, 1]
-        maps = self._probability_maps(images, patch_tokens, text)
+        maps = input_probability_maps(self.backbone, images, patch_tokens, text,
+                                      self.config.temperature)
         anomaly_maps = pixel_anomaly_map(maps, [1.0] * len(maps), self.config.sigma)
         return Prediction(image_scores, anomaly_maps)
 
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         images = batch["image"]
-        names = self._check_class_names(images, batch["class_name"])
+        names = self.check_batch(images, batch["class_name"])
         with torch.no_grad():  # the backbone is frozen: no gradient flows into the image side
             global_embedding, patch_tokens = self.image_features(images)
         text = self.text_embeddings(names, global_embedding)
-        maps = self._probability_maps(images, patch_tokens, text)
+        maps = input_probability_maps(self.backbone, images, patch_tokens, text,
+                                      self.config.temperature)
         return prompt_training_loss(image_logits(global_embedding, text, self.config.temperature),
                                     batch["label"], maps, [1.0] * len(maps), batch["mask"])
 

@@ -147,7 +147,7 @@ class AbnormalityPrior(nn.Module):
         return self.net(selected.flatten(1))
 
 
-@register_method("faprompt")
+@register_method
 class FAPrompt(AnomalyMethod):
     """Compound abnormality prompts with a data-dependent abnormality prior."""
 
@@ -267,7 +267,7 @@ class FAPrompt(AnomalyMethod):
         return (upsample(tokens_to_grid(out.static_probs, grid), size),
                 upsample(tokens_to_grid(out.dap_probs, grid), size))
 
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         out = self.forward_features(images)
         static_map, dap_map = self.probability_maps(out, images, images.shape[-1])
         return Prediction(self.fused_image_score(out),

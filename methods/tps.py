@@ -159,7 +159,7 @@ def text_projection_replaced(backbone: nn.Module, projection: Tensor | None) -> 
         tower._parameters["text_projection"] = original
 
 
-@register_method("tps")
+@register_method
 class TPS(AnomalyMethod):
     """Global prompts for the image score, shunt prompts refined per layer by a pathway."""
 
@@ -250,7 +250,7 @@ class TPS(AnomalyMethod):
         return maps
 
     # -- scores ----------------------------------------------------------------------------------
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         global_embedding, patch_tokens = self.encode(images)
         global_text, shunt_text = self.text_embeddings()
         image_scores = text_probabilities(global_embedding, global_text,

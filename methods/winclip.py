@@ -56,6 +56,7 @@ from zsbench.anomaly_maps import (
     tokens_to_grid,
     upsample,
 )
+from zsbench.backbone.backbone import DEFAULT_WINDOW_CHUNK_TOKENS
 from zsbench.method import AnomalyMethod, MethodConfig, MethodInfo, Prediction, option
 from zsbench.prompt_ensembles import (
     WINCLIP_ANOMALIB,
@@ -108,7 +109,8 @@ class WinClipConfig(MethodConfig):
     image_score_adds_map_max: bool = option(
         False, "add the maximum of the patch-level map to the global image score (WinCLIP+ "
                "fusion; zero-shot WinCLIP uses the global score only)")
-    window_chunk_tokens: int = option(1 << 16, "tokens per chunk when re-encoding windows")
+    window_chunk_tokens: int = option(DEFAULT_WINDOW_CHUNK_TOKENS,
+                                      "tokens per chunk when re-encoding windows")
     sigma: float = option(0.0, "Gaussian sigma of the pixel map in pixels (upstream: none)")
 
 
@@ -142,7 +144,7 @@ def harmonic_window_aggregation(window_scores: Tensor, windows: Tensor, n_patche
     return counts / sums
 
 
-@register_method("winclip")
+@register_method
 class WinClip(AnomalyMethod):
     """Zero-shot WinCLIP: compositional prompts, window embeddings, harmonic aggregation."""
 
@@ -167,8 +169,7 @@ class WinClip(AnomalyMethod):
             raise ValueError("window_sizes is empty; give at least one window side")
         if config.window_chunk_tokens < 1:
             raise ValueError(f"window_chunk_tokens must be >= 1, got {config.window_chunk_tokens}")
-        if config.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {config.sigma}")
+        self.require_non_negative("sigma")
         self.lineage = LINEAGES[config.prompt_lineage]
         grid = tuple(backbone.grid_size)
         self.n_patches = grid[0] * grid[1]
@@ -215,9 +216,7 @@ class WinClip(AnomalyMethod):
         combined = harmonic_mean(torch.stack(scales, dim=0), dim=0)
         return 1.0 - combined if self.lineage.aggregates_normality else combined
 
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        if len(class_names) != images.shape[0]:
-            raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+    def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
         if tuple(images.shape[-2:]) != (self.backbone.image_size,) * 2:
             raise ValueError(f"WinCLIP's windows were built for image_size="
                              f"{self.backbone.image_size}; got images of "

@@ -32,7 +32,7 @@ class LinearProbe(AnomalyMethod):
             features = self.backbone.encode_image(images).global_embedding
         return features @ self.weight + self.bias
 
-    def predict(self, images, class_names):
+    def _predict(self, images, class_names):
         scores = torch.sigmoid(self._logits(images))
         return Prediction(scores, scores[:, None, None].expand(-1, *images.shape[-2:]))
 
@@ -76,8 +76,11 @@ def run_worker(rank: int, world_size: int, port: int, method: str, protocol: str
     dist.destroy_process_group()
 
 
-def train_worker(rank: int, world_size: int, port: int, batch_size: int, report: str) -> None:
-    """One epoch of the linear probe in a gloo group; rank 0 saves the trained parameters."""
+def train_worker(rank: int, world_size: int, port: int, batch_size: int, report: str,
+                 epochs: int = 1, checkpoint_dir: str | None = None, resume: bool = False
+                 ) -> None:
+    """The linear probe trained in a gloo group (optionally with checkpoints, resumed); rank 0
+    saves the trained parameters to ``report``."""
     import torch.distributed as dist
 
     from zsbench.distributed import init_from_env
@@ -87,7 +90,9 @@ def train_worker(rank: int, world_size: int, port: int, batch_size: int, report:
     method, records = build_probe_and_data()
     from zsbench.train import TrainConfig, train_method
 
-    train_method(method, [records], TrainConfig(epochs=1, batch_size=batch_size, seed=3))
+    train_method(method, [records], TrainConfig(epochs=epochs, batch_size=batch_size, seed=3),
+                 checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+                 resume=resume)
     if rank == 0:
         torch.save(method.trainable_state_dict(), report)
     dist.destroy_process_group()

@@ -28,6 +28,6 @@ def trainer_batch(records: Sequence[dict[str, Any]], backbone: Backbone, size: i
                                   backbone.std)
     items = [dataset[i] for i in range(len(dataset))]
     return {"image": torch.stack([item["image"] for item in items]),
-            "mask": torch.stack([item["mask"] for item in items]),
+            "mask": torch.stack([item["mask"] for item in items]).float(),  # as the trainer
             "label": torch.tensor([item["label"] for item in items]),
             "class_name": [item["class_name"] for item in items]}

@@ -76,7 +76,81 @@ def make_result(method: str = "winclip", dataset: str = "mvtec",
 
 
 def write_result_file(out_dir: str | Path, result: Mapping[str, Any]) -> Path:
-    """Write ``result`` at its standard path under ``out_dir`` (validated, atomic)."""
+    """Write ``result`` at its standard path under ``out_dir`` (validated, atomic); a schema
+    1.1 result goes to its settings folder (one per seed), as the runner writes it."""
+    from zsbench.identity import settings_folder
+
+    settings = settings_folder(result["identity"]) if "identity" in result else None
     path = result_path(out_dir, result["method"], result["config_hash"],
-                       result["protocol"]["id"], result["dataset"]["name"])
+                       result["protocol"]["id"], result["dataset"]["name"], settings)
     return write_result(dict(result), path)
+
+
+# ---------- optional evidence fields (issue 14): bootstrap, seeds, leakage, kind, cost ----------
+
+def with_bootstrap(result: dict[str, Any], half_width: float = 0.02,
+                   replicates: int = 1000) -> dict[str, Any]:
+    """``result`` plus a ``bootstrap`` block shaped as ``BootstrapResult.to_dict()``: test
+    intervals ``point -+ half_width`` (clipped to [0, 1]) around the result's own means."""
+    def interval(value: float | None) -> tuple[float | None, float | None]:
+        if value is None:
+            return None, None
+        return max(0.0, value - half_width), min(1.0, value + half_width)
+
+    mean = result["metrics"]["mean"]
+    per_category = {
+        category: {m: dict(zip(("low", "high"), interval(v), strict=True))
+                   for m, v in values.items()}
+        for category, values in result["metrics"]["per_category"].items()}
+    result = copy.deepcopy(result)
+    result["bootstrap"] = {
+        "method": "stratified percentile bootstrap (images resampled per category)",
+        "confidence": 0.95, "replicates": replicates, "seed": 0, "n_bins": 4096,
+        "point": dict(mean), "low": {m: interval(v)[0] for m, v in mean.items()},
+        "high": {m: interval(v)[1] for m, v in mean.items()},
+        "per_category": per_category, "binning_error": {}}
+    validate_result(result, "with_bootstrap")
+    return result
+
+
+def with_seed(result: dict[str, Any], seed: int, training_seed: int | None = None,
+              **identity_overrides: Any) -> dict[str, Any]:
+    """``result`` as a schema 1.1 result of evaluation seed ``seed`` (and, for a trained method,
+    training seed ``training_seed`` in ``identity.training.config.seed``)."""
+    from zsbench.identity import identity_key, run_identity
+
+    training = None
+    if training_seed is not None:
+        training = {"config": {"epochs": 1, "lr": 0.001, "seed": training_seed},
+                    "datasets": list(result["trained_on"]), "split": "test",
+                    "fingerprints": {d: "f" * 16 for d in result["trained_on"]}}
+    identity = run_identity(
+        method=result["method"], config=result["method_config"],
+        protocol=result["protocol"]["id"], target=result["dataset"]["name"],
+        dataset_fingerprint=result["dataset"]["fingerprint"], resolution=518,
+        mask_threshold=0.5, limit=None, seed=seed, precision="fp32", training=training)
+    identity.update(copy.deepcopy(identity_overrides))
+    result = copy.deepcopy(result)
+    result.update({"schema_version": "1.1", "identity": identity,
+                   "identity_key": identity_key(identity), "smoke": False, "seed": seed})
+    validate_result(result, "with_seed")
+    return result
+
+
+def make_cost(latency_ms: float = 40.0, throughput: float = 50.0, peak_gib: float = 2.0,
+              trainable: int = 0, gflops: float = 80.0, training_time_s: float | None = None,
+              total: int = 428_000_000) -> dict[str, Any]:
+    """A ``cost`` block shaped as ``zsbench.cost.method_cost(...)`` returns it."""
+    return {"latency_batch1_ms": latency_ms, "throughput_images_per_s": throughput,
+            "batch_size": 8, "repeats": 3, "peak_memory_bytes": int(peak_gib * 2 ** 30),
+            "peak_memory_kind": "cuda_max_allocated", "flops_per_image": int(gflops * 1e9),
+            "trainable_parameters": trainable, "total_parameters": total,
+            "device": "cuda:0", "training_time_s": training_time_s}
+
+
+def make_leakage(target: str, categories: tuple[str, ...], auxiliary: tuple[str, ...]
+                 ) -> dict[str, Any]:
+    """A ``leakage`` block from ``zsbench.leakage.leakage_ledger`` (the real check)."""
+    from zsbench.leakage import DataUse, leakage_ledger
+
+    return leakage_ledger(target, categories, [DataUse(d) for d in auxiliary]).to_dict()

@@ -111,7 +111,7 @@ class Recorder(AnomalyMethod):
 
     info = MethodInfo(name="test_recorder", title="Recorder (test)", paper="test", trainable=False)
 
-    def predict(self, images, class_names):
+    def _predict(self, images, class_names):
         self.seen.append(images.clone())
         return Prediction(images.mean(dim=(1, 2, 3)), images[:, 0])
 

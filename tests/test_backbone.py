@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from pathlib import Path
 
 import open_clip
@@ -701,15 +700,3 @@ def test_plan_activation_for_files() -> None:
                            file_info=archive)
     assert (tiny.model_name, tiny.force_quick_gelu, tiny.note) == (TINY, False, None)
 
-
-def test_measure_forward_time(tiny: Backbone) -> None:
-    """Not a timing assertion: prints the tiny CPU forward time (pytest -s) and checks shapes."""
-    for size in (112, 224):
-        batch = torch.randn(8, 3, size, size)
-        with torch.no_grad():
-            tiny.encode_image(batch, layers=(6, 12, 18, 24), vv_from=6)
-            start = time.perf_counter()
-            features = tiny.encode_image(batch, layers=(6, 12, 18, 24), vv_from=6)
-            elapsed = time.perf_counter() - start
-        print(f"tiny encode_image batch 8 at {size}px, 4 layers, V-V: {elapsed * 1000:.1f} ms")
-        assert features.patch_tokens[24].shape == (8, (size // 14) ** 2, 32)

@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import datasets
@@ -175,7 +174,7 @@ def test_run_on_corrupt_data_names_the_shard_or_the_record(tmp_path):
         info = MethodInfo(name="test_bad_data_mean", title="mean colour (test)", paper="test",
                           trainable=False)
 
-        def predict(self, images, class_names):
+        def _predict(self, images, class_names):
             maps = (images - images.mean(dim=(2, 3), keepdim=True)).norm(dim=1)
             return Prediction(maps.flatten(1).amax(1), maps)
 
@@ -274,26 +273,14 @@ def test_remove_stale_staging_by_age(tmp_path):
 
 # --- 5. read-only output folders fail before the work starts -----------------------------------
 
-def _read_only(monkeypatch, folder: Path) -> None:
-    """Make ``folder`` read-only, for root too (root ignores the mode bits)."""
-    folder.chmod(0o555)
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
-        if dir is not None and Path(dir) == folder:
-            raise PermissionError(13, "Permission denied")
-        return real_mkstemp(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr("zsbench.atomic.tempfile.mkstemp", mkstemp)
-
-
-def test_prepare_into_a_read_only_folder_fails_before_listing(tmp_path, monkeypatch):
+def test_prepare_into_a_read_only_folder_fails_before_listing(tmp_path, monkeypatch,
+                                                              read_only):
     from zsbench.registry import ADAPTERS
 
     classification.make_headct(tmp_path / "raw")
     out = tmp_path / "ro"
     out.mkdir()
-    _read_only(monkeypatch, out)
+    read_only(out)
     listed = []
     adapter = ADAPTERS.get("headct")
     monkeypatch.setattr(adapter, "records", lambda self, raw: listed.append(raw) or iter(()))
@@ -306,7 +293,7 @@ def test_prepare_into_a_read_only_folder_fails_before_listing(tmp_path, monkeypa
     assert listed == [] and leftovers(out) == []
 
 
-def test_ensure_writable_dir(tmp_path, monkeypatch):
+def test_ensure_writable_dir(tmp_path, read_only):
     from zsbench.atomic import NotWritableError, ensure_writable_dir
 
     assert ensure_writable_dir(tmp_path / "new" / "deeper", "site") == tmp_path / "new" / "deeper"
@@ -317,7 +304,7 @@ def test_ensure_writable_dir(tmp_path, monkeypatch):
     assert "results folder" in str(caught.value) and isinstance(caught.value, ZsbenchError)
     ro = tmp_path / "ro"
     ro.mkdir()
-    _read_only(monkeypatch, ro)
+    read_only(ro)
     try:
         with pytest.raises(PermissionError, match=f"leaderboard site {ro}"):
             ensure_writable_dir(ro, "leaderboard site")

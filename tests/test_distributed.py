@@ -109,3 +109,19 @@ def test_ddp_training_equals_one_process(tmp_path, batch_size):
     for key in single:
         assert not torch.equal(single[key], initial[key])  # it trained
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=0)
+
+
+def test_ddp_training_resumes_under_torchrun(tmp_path):
+    from zsbench.train import TrainConfig, train_method
+
+    method, records = build_probe_and_data()
+    train_method(method, [records], TrainConfig(epochs=2, batch_size=5, seed=3))
+    single = method.trainable_state_dict()
+    folder, report = tmp_path / "ckpt", tmp_path / "ddp.pt"
+    _spawn(train_worker, 5, str(report), 1, str(folder))  # epoch 1, then "interrupted"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_001.pt"]  # rank 0 alone wrote
+    _spawn(train_worker, 5, str(report), 2, str(folder), True)  # resumed to epoch 2
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_002.pt"]
+    ddp = torch.load(report, weights_only=True)
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=0)

@@ -17,7 +17,7 @@ class RedShift(AnomalyMethod):
     info = MethodInfo(name="test_red_shift", title="Red shift (test)", paper="test",
                       trainable=False)
 
-    def predict(self, images, class_names):
+    def _predict(self, images, class_names):
         maps = images[:, 0] - images[:, 1]
         return Prediction(maps.flatten(1).amax(1), maps)
 
@@ -83,9 +83,9 @@ def test_predict_runs_under_inference_mode(method, records):
     seen = []
 
     class Spy(RedShift):
-        def predict(self, images, class_names):
+        def _predict(self, images, class_names):
             seen.append(torch.is_inference_mode_enabled())
-            return super().predict(images, class_names)
+            return super()._predict(images, class_names)
 
     spy = Spy(method.config, method.backbone)
     evaluate_dataset(spy, Dataset.from_list(records[:4]), SETTINGS)
@@ -101,9 +101,9 @@ def test_the_evaluator_starts_every_category_before_its_images(records):
         def start_category(self, category):
             events.append(("start", category))
 
-        def predict(self, images, class_names):
+        def _predict(self, images, class_names):
             events.append(("predict", len(class_names)))
-            return super().predict(images, class_names)
+            return super()._predict(images, class_names)
 
     config = MethodConfig(backbone="zsbench-tiny", pretrained=None, image_size=56)
     recording = Recording(config, load_backbone("zsbench-tiny", None, image_size=56))
@@ -113,3 +113,33 @@ def test_the_evaluator_starts_every_category_before_its_images(records):
     assert [events[i][1] for i in starts] == ["checker", "fibre", "tablet"]
     # each category: its start, then its 4 images in one batch
     assert all(events[i + 1] == ("predict", 4) for i in starts)
+
+
+def test_loader_workers_and_background_metrics_give_the_same_evaluation(method, records):
+    data = Dataset.from_list(records)
+    inline = evaluate_dataset(method, data, EvalSettings(resolution=56, batch_size=3,
+                                                         num_workers=0, metrics_workers=0))
+    piped = evaluate_dataset(method, data, EvalSettings(resolution=56, batch_size=3,
+                                                        num_workers=1, metrics_workers=2))
+    assert piped.per_category == inline.per_category and piped.counts == inline.counts
+    assert list(piped.per_category) == ["checker", "fibre", "tablet"]
+
+
+def test_category_batches_never_straddle_categories():
+    from zsbench.evaluate import CategoryBatches
+
+    sampler = CategoryBatches([5, 0, 2], batch_size=2)
+    assert sampler.batches == [[0, 1], [2, 3], [4], [5, 6]]
+    assert sampler.batches_per_category == [3, 0, 1] and len(sampler) == 4
+
+
+def test_an_error_in_background_metrics_is_raised(method, records, monkeypatch):
+    import zsbench.evaluate as evaluate
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("metrics bug")
+
+    monkeypatch.setattr(evaluate.metrics, "compute_metrics", broken)
+    with pytest.raises(ZeroDivisionError, match="metrics bug"):
+        evaluate_dataset(method, Dataset.from_list(records),
+                         EvalSettings(resolution=56, metrics_workers=1))

@@ -24,7 +24,7 @@ from zsbench.leaderboard.reported import (
     load_reported,
 )
 from zsbench.leaderboard.serve import make_server
-from zsbench.leaderboard.site_data import common_datasets, summarize
+from zsbench.leaderboard.site_data import common_datasets, page_summary, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 FAPROMPT_METHODS = {"CLIP", "CLIP-AC", "WinCLIP", "APRIL-GAN", "AnoVL", "CoOp", "CoCoOp", "BLIP",
@@ -167,11 +167,13 @@ def test_reported_site_per_class_drilldown(reported_site: dict) -> None:
 
 
 def test_reported_site_default_summary(reported_site: dict) -> None:
-    summary = reported_site["summary"]["image_auroc"]["reported/faprompt_tables/FAPrompt"]
+    summary = page_summary(reported_site, "image_auroc")[1]["reported/faprompt_tables/FAPrompt"]
     row = next(r for r in reported_site["rows"] if r["id"] == "reported/faprompt_tables/FAPrompt")
     values = [c["value"] for c in row["cells"]["image_auroc"].values()]
     assert summary["count"] == 13
     assert summary["mean"] == pytest.approx(sum(values) / 13)
+    # data.json carries no copy of the means: the page computes them (assets/table.js)
+    assert reported_site["format"] == 2 and "summary" not in reported_site
 
 
 # ---------- summaries ----------
@@ -225,7 +227,7 @@ def test_reproduced_rows_and_differences(tmp_path: Path) -> None:
     assert row["cells"]["image_ap"]["visa"]["value"] == pytest.approx(85.0)
     # NA (all categories null): no cell at all, so never averaged as 0
     assert "pixel_auroc" not in row["cells"]
-    summary = data["summary"]["image_auroc"][row_id]
+    summary = page_summary(data, "image_auroc")[1][row_id]
     assert summary["mean"] == pytest.approx(86.5) and summary["count"] == 2
     prov = row["cells"]["image_auroc"]["mvtec"]["provenance"]
     assert prov["config_hash"] == "aaaaaaaaaaaa" and prov["git_commit"] == "abcdef1234567890"
@@ -373,11 +375,11 @@ def test_synthetic_datasets_do_not_enter_means_when_real_ones_exist():
                             domain="synthetic", trained_on=(), protocol="none->synthetic_b")
     data = build_site_data([real, synthetic, demo_only], [])
     rows = {row["label"]: row["id"] for row in data["rows"]}
-    summary = data["summary"]["image_auroc"]
+    summary = page_summary(data, "image_auroc")[1]
     assert len(rows) == 2  # winclip covers mvtec and synthetic_b in one row
     assert summary[rows["winclip"]]["mean"] == pytest.approx(80.0)
     assert summary[rows["winclip"]]["count"] == 1
     assert summary[rows["tps"]]["mean"] is None and summary[rows["tps"]]["count"] == 0
     only_synthetic = build_site_data([synthetic], [])
-    only_summary = only_synthetic["summary"]["image_auroc"]
+    only_summary = page_summary(only_synthetic, "image_auroc")[1]
     assert next(iter(only_summary.values()))["mean"] == pytest.approx(20.0)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.result_factory import make_result, write_result_file
 from zsbench.leaderboard.build import build
-from zsbench.leaderboard.site_data import common_datasets, summarize
+from zsbench.leaderboard.site_data import common_datasets, page_summary, summarize
 
 CHROMIUM = Path(os.environ.get("ZSBENCH_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("ZSBENCH_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -116,10 +116,10 @@ def test_table_sort_filter_and_screenshot(site: tuple[Path, dict], browser: Any,
     assert len(browser.find_elements(By.CSS_SELECTOR, 'tr[data-kind="reproduced"]')) == 1
     # the default view shows what Python computed: the common datasets, means, ranked or not
     caption = browser.find_element(By.ID, "table-caption")
-    assert caption.get_attribute("data-common") == ",".join(data["summary_datasets"]
-                                                            ["image_auroc"])
+    common, summary = page_summary(data, "image_auroc")
+    assert caption.get_attribute("data-common") == ",".join(common)
     for tr in table_rows(browser):
-        s = data["summary"]["image_auroc"][tr.get_attribute("data-row-id")]
+        s = summary[tr.get_attribute("data-row-id")]
         mean = tr.find_element(By.CSS_SELECTOR, 'td[data-col="mean"]')
         assert float(mean.get_attribute("data-exact")) == pytest.approx(s["mean"], abs=1e-6)
         assert mean.get_attribute("data-ranked") == str(s["ranked"]).lower()
@@ -255,3 +255,129 @@ def test_difference_view_and_drilldown(site: tuple[Path, dict], browser: Any) ->
     assert reproduced.find_element(By.CSS_SELECTOR, 'td[data-category="cashew"]').text == DASH
     reported = table.find_element(By.CSS_SELECTOR, 'tr[data-kind="reported"]')
     assert reported.find_element(By.CSS_SELECTOR, 'td[data-category="cashew"]').text == "76.0"
+
+
+# ---------- evidence (issue 14): badges, the zero-shot filter, seeds, intervals, cost ----------
+
+EVIDENCE_ARTIFACT = ARTIFACT.parent / "leaderboard_evidence.png"
+
+
+@pytest.fixture(scope="module")
+def evidence_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    from tests.result_factory import make_cost, make_leakage, with_bootstrap, with_seed
+
+    root = tmp_path_factory.mktemp("evidence")
+    trained = {"trainable": True, "transductive": False}
+    for seed, values in ((111, (0.78, 0.82)), (112, (0.84, 0.84)), (113, (0.90, 0.82))):
+        result = make_result("AnomalyCLIP", "mvtec", {
+            "bottle": {"image_auroc": values[0]}, "cable": {"image_auroc": values[1]}},
+            config_hash="aaaaaaaaaaaa", protocol="visa->all", method_kind=trained,
+            leakage=make_leakage("mvtec", ("bottle", "cable"), ("visa",)),
+            cost=make_cost(latency_ms=55.0 + seed - 112, trainable=9_216, gflops=150.0,
+                           training_time_s=3600.0))
+        write_result_file(root / "results", with_seed(result, seed, training_seed=seed))
+    write_result_file(root / "results", make_result(
+        "AnomalyCLIP", "mvtec", {"bottle": {"image_auroc": 0.97}, "cable": {"image_auroc": 0.95}},
+        config_hash="bbbbbbbbbbbb", protocol="mvtec->mvtec", trained_on=("mvtec",),
+        method_kind=trained, leakage=make_leakage("mvtec", ("bottle", "cable"), ("mvtec",)),
+        cost=make_cost(latency_ms=60.0, trainable=9_216, gflops=160.0, training_time_s=5400.0)))
+    winclip = with_bootstrap(make_result(
+        "WinCLIP", "mvtec", {"bottle": {"image_auroc": 0.93}, "cable": {"image_auroc": 0.89}},
+        config_hash="cccccccccccc", protocol="zero-shot", trained_on=(),
+        method_kind={"trainable": False, "transductive": False},
+        cost=make_cost(latency_ms=420.0, trainable=0, gflops=900.0, peak_gib=5.5),
+        samples=["maps/bottle_000.png"], samples_scale={"low": 0.12, "high": 0.87}),
+        half_width=0.025)
+    path = write_result_file(root / "results", winclip)
+    (path.parent / "maps").mkdir()
+    Image.new("RGB", (64, 64), (200, 60, 40)).save(path.parent / "maps" / "bottle_000.png")
+    write_result_file(root / "results", make_result(
+        "AnoVL", "mvtec", {"bottle": {"image_auroc": 0.88}, "cable": {"image_auroc": 0.84}},
+        config_hash="dddddddddddd", protocol="zero-shot", trained_on=(),
+        method_kind={"trainable": False, "transductive": True}))
+    return build([root / "results"], root / "site").out_dir
+
+
+def test_evidence_badges_filters_seeds_intervals_and_cost(evidence_site: Path, browser: Any,
+                                                          tmp_path: Path) -> None:
+    open_page(browser, evidence_site, "#metric=image_auroc&kind=reproduced")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    flagged_id = "reproduced/AnomalyCLIP/bbbbbbbbbbbb/mvtec->mvtec"
+    by_id = {tr.get_attribute("data-row-id"): tr for tr in table_rows(browser)}
+    assert len(by_id) == 4
+    # the leakage badge on the flagged row only; kind badges; transductive marked
+    flagged = by_id[flagged_id]
+    assert flagged.find_element(By.CSS_SELECTOR, ".badge-leak").text == "not zero-shot"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#leaderboard .badge-leak")) == 1
+    kinds = {r: tr.find_element(By.CSS_SELECTOR, ".badge-mkind").text for r, tr in by_id.items()}
+    assert sorted(kinds.values()) == ["trained", "trained", "training-free", "training-free"]
+    anovl = by_id["reproduced/AnoVL/dddddddddddd/zero-shot"]
+    assert anovl.find_element(By.CSS_SELECTOR, ".badge-transductive").text == "transductive"
+    assert "1 row(s) flagged" in browser.find_element(By.ID, "table-caption").text
+    # the seed group: mean +- std with n, each seed in the title
+    seeds = next(tr for r, tr in by_id.items() if r.startswith("reproduced/AnomalyCLIP/aaaa"))
+    cell = seeds.find_element(By.CSS_SELECTOR, 'td[data-dataset="mvtec"]')
+    assert cell.text.replace("\n", " ") == "83.3 \u00b1 3.1 n=3"
+    assert "seed 112: 84.00" in cell.get_attribute("title")
+    # the bootstrap interval on hover
+    winclip = by_id["reproduced/WinCLIP/cccccccccccc/zero-shot"]
+    title = winclip.find_element(By.CSS_SELECTOR, 'td[data-dataset="mvtec"]').get_attribute(
+        "title")
+    assert "95 % interval 88.50 \u2013 93.50 (bootstrap, 1000 replicates)" in title
+    # a cost column sorted: descending first, rows without a cost last; then ascending
+    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="cost:latency_batch1_ms"]').click()
+    latency = [tr.find_element(By.CSS_SELECTOR, 'td[data-cost="latency_batch1_ms"]')
+               for tr in table_rows(browser)]
+    assert [td.text for td in latency] == ["420.0", "60.0", "55.0", DASH]
+    browser.find_element(By.CSS_SELECTOR, 'th[data-sort="cost:latency_batch1_ms"]').click()
+    assert [tr.find_element(By.CSS_SELECTOR, 'td[data-cost="latency_batch1_ms"]').text
+            for tr in table_rows(browser)] == ["55.0", "60.0", "420.0", DASH]
+    winclip = browser.find_element(By.CSS_SELECTOR, 'tr[data-row-id="reproduced/WinCLIP/'
+                                   'cccccccccccc/zero-shot"]')
+    assert winclip.find_element(By.CSS_SELECTOR, 'td[data-cost="peak_memory_bytes"]').text == \
+        "5.50"
+    # the accuracy-vs-cost chart: one labelled point per row with a cost
+    points = browser.find_elements(By.CSS_SELECTOR, "#cost-chart .scatter-point")
+    assert sorted(p.text for p in points) == [
+        "AnomalyCLIP (mvtec->mvtec \u00b7 bbbbbbbbbbbb)",
+        "AnomalyCLIP (visa->all \u00b7 aaaaaaaaaaaa)", "WinCLIP (zero-shot \u00b7 cccccccccccc)"]
+    Select(browser.find_element(By.ID, "cost-measure")).select_by_value("trainable")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#cost-chart .scatter-point")) == 3
+    assert "trainable parameters (log scale)" in browser.find_element(By.ID, "cost-chart").text
+    # provenance panel: each seed's value
+    seeds = browser.find_element(By.CSS_SELECTOR, 'tr[data-row-id^="reproduced/AnomalyCLIP/aaaa"]')
+    seeds.find_element(By.CSS_SELECTOR, 'td[data-dataset="mvtec"]').click()
+    panel = browser.find_element(By.ID, "provenance")
+    assert "seed 113" in panel.text and "86.00" in panel.text and "n = 3" in panel.text
+    shot = tmp_path / "evidence.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    shutil.copyfile(shot, EVIDENCE_ARTIFACT)
+    browser.find_element(By.CSS_SELECTOR, "#provenance .close").click()
+    chart = browser.find_element(By.ID, "cost-chart")
+    browser.execute_script("arguments[0].scrollIntoView();", chart)
+    chart.screenshot(str(EVIDENCE_ARTIFACT.with_name("leaderboard_cost_chart.png")))
+
+    # hide the flagged rows: one row fewer, no badge left
+    Select(browser.find_element(By.ID, "filter-leak")).select_by_value("hide")
+    ids = [tr.get_attribute("data-row-id") for tr in table_rows(browser)]
+    assert len(ids) == 3 and flagged_id not in ids
+    assert browser.find_elements(By.CSS_SELECTOR, "#leaderboard .badge-leak") == []
+    assert "are hidden" in browser.find_element(By.ID, "table-caption").text
+
+
+def test_evidence_error_bars_and_gallery_scale(evidence_site: Path, browser: Any) -> None:
+    open_page(browser, evidence_site, "#view=datasets&metric=image_auroc&dataset=mvtec")
+    # WinCLIP's bootstrap interval (solid) and the seed group's std (dashed); no other bars
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#dataset-bars .err-bar.err-ci")) == 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#dataset-bars .err-bar.err-std")) == 1
+    bar = browser.find_element(By.CSS_SELECTOR, "#dataset-bars .err-ci title")
+    assert "88.50" in bar.get_attribute("textContent")
+    browser.find_element(By.ID, "dataset-bars").screenshot(
+        str(EVIDENCE_ARTIFACT.with_name("leaderboard_error_bars.png")))
+    open_page(browser, evidence_site, "#view=gallery")
+    assert "One colour scale per dataset" in browser.find_element(
+        By.ID, "gallery-scale-note").text
+    assert browser.find_element(By.CSS_SELECTOR, ".gallery-scale").text.startswith(
+        "colour scale 0.120 \u2013 0.870")

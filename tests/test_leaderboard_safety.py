@@ -23,7 +23,12 @@ from zsbench.cli import app
 from zsbench.leaderboard import build as build_module
 from zsbench.leaderboard.build import SiteBuildError, build
 from zsbench.leaderboard.reported import load_reported
-from zsbench.leaderboard.site_data import build_site_data, common_datasets, summarize
+from zsbench.leaderboard.site_data import (
+    build_site_data,
+    common_datasets,
+    page_summary,
+    summarize,
+)
 from zsbench.submit import check_submission
 
 SECRET = b"\x89PNG\r\n\x1a\nTOP-SECRET-BYTES-OUTSIDE-THE-RESULTS-TREE"
@@ -95,10 +100,9 @@ def test_means_and_ranks_over_the_common_datasets() -> None:
                          config_hash="777777777777", protocol="mvtec->all", trained_on=("mvtec",))
     data = build_site_data([sparse], load_reported())
     rows = {r["id"]: r for r in data["rows"]}
-    common = data["summary_datasets"]["image_auroc"]
+    common, summary = page_summary(data, "image_auroc")
     # the 13 image-level datasets of the FAPrompt tables: 11 rows have all of them
     assert common == FAPROMPT_IMAGE_SETS
-    summary = data["summary"]["image_auroc"]
     ranked = sorted(r for r, s in summary.items() if s["ranked"])
     assert len(ranked) == 11 and all(r.startswith("reported/faprompt_tables/") for r in ranked)
     for row_id in ranked:
@@ -115,7 +119,7 @@ def test_means_and_ranks_over_the_common_datasets() -> None:
     reproduced = summary["reproduced/AnomalyCLIP/777777777777/mvtec->all"]
     assert reproduced == {"mean": 99.0, "mean_rank": None, "count": 1, "ranked": False}
     # the reproduced row does not change the ranks of the comparable rows
-    alone = build_site_data([], load_reported())["summary"]["image_auroc"]
+    alone = page_summary(build_site_data([], load_reported()), "image_auroc")[1]
     assert {r: summary[r]["mean_rank"] for r in ranked} == {r: alone[r]["mean_rank"]
                                                             for r in ranked}
 

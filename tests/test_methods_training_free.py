@@ -144,7 +144,7 @@ def test_class_text_cache() -> None:
 @pytest.mark.parametrize("key", ["clip", "clip_ac", "winclip", "winclip_april_gan", "anovl"])
 def test_predict_shapes_and_ranges(methods: dict, images: torch.Tensor, key: str) -> None:
     method = methods[key]
-    context = torch.no_grad if method.info.transductive else torch.inference_mode
+    context = torch.no_grad if method.needs_grad_at_test else torch.inference_mode
     with context():
         scores, maps = method.predict(images, NAMES)
     assert scores.shape == (2,) and maps.shape == (2, SIZE, SIZE)

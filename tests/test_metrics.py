@@ -289,16 +289,21 @@ def test_single_outlier_pixel_keeps_aupro_finite_and_breaks_legacy() -> None:
     assert reference_legacy_loop(masks, outlier) is None
 
 
-def test_float16_maps_work_and_equal_float32() -> None:
+def test_float16_maps_are_read_and_float32_maps_keep_their_precision() -> None:
     masks, maps = blob_case(5)
     half = maps.astype(np.float16)
     labels = masks.any(axis=(1, 2))
     from_half = metrics.compute_metrics(labels, half.max(axis=(1, 2)), masks, half)
-    from_single = metrics.compute_metrics(labels, half.max(axis=(1, 2)).astype(np.float32), masks,
-                                          half.astype(np.float32))
-    assert from_half == from_single
     assert from_half["pixel_auroc"] == pytest.approx(
         roc_auc_score(masks.ravel(), half.ravel().astype(np.float64)), abs=1e-6)
+    # the evaluator's float32 maps: anomalous pixels 1e-5 above the rest, a step float16 cannot
+    # hold at 0.5 (its spacing there is 2**-11): rounded, every pixel would tie (AUROC 0.5)
+    fine = (np.float32(0.5) + np.float32(1e-5) * masks).astype(np.float32)
+    assert np.unique(fine.astype(np.float16)).size == 1
+    scores = fine.max(axis=(1, 2))
+    assert metrics.compute_metrics(labels, scores, masks, fine)["pixel_auroc"] == 1.0
+    rounded = fine.astype(np.float16).astype(np.float32)
+    assert metrics.compute_metrics(labels, scores, masks, rounded)["pixel_auroc"] == 0.5
 
 
 # ---------------------------------------------------------------------------------------------

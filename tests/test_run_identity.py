@@ -18,24 +18,14 @@ from zsbench.protocols import Protocol
 from zsbench.registry import METHODS, PROTOCOLS
 from zsbench.results import ResultValidationError, read_result, validate_result
 from zsbench.runner import RunOptions, run
-from zsbench.synthetic import write_synthetic_dataset
 from zsbench.train import read_checkpoint_metadata
 
 TRAIN = {"epochs": 1, "max_steps": 2, "batch_size": 4}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from zsbench.prepare import prepare
-
-    root = tmp_path_factory.mktemp("identity")
-    write_synthetic_dataset(root / "raw_b", "synthetic_b", size=64, n_train=1, n_normal=3,
-                            n_anomalous=3)
-    prepare("synthetic_b", root / "raw_b", root / "data")
-    write_synthetic_dataset(root / "raw_a", "synthetic_a", size=64, n_train=1, n_normal=2,
-                            n_anomalous=2)
-    prepare("synthetic_a", root / "raw_a", root / "data")
-    return root / "data"
+@pytest.fixture
+def data_dir(synthetic_data_dir) -> Path:
+    return synthetic_data_dir
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -259,8 +249,8 @@ def test_float32_maps_reach_the_metrics(data_dir, tmp_path, monkeypatch):
     import zsbench.evaluate as evaluate
 
     class FineMaps(ColourDeviation):
-        def predict(self, images, class_names):
-            scores, maps = super().predict(images, class_names)
+        def _predict(self, images, class_names):
+            scores, maps = super()._predict(images, class_names)
             return scores, maps + 1e-4 * torch.rand_like(maps)  # differences below fp16 steps
 
     seen = []
@@ -281,21 +271,13 @@ def test_float32_maps_reach_the_metrics(data_dir, tmp_path, monkeypatch):
     assert len(np.unique(values)) > len(np.unique(values.astype(np.float16)))
 
 
-def test_a_read_only_output_folder_fails_before_any_work(data_dir, tmp_path, monkeypatch):
-    import tempfile
-
+def test_a_read_only_output_folder_fails_before_any_work(data_dir, tmp_path, monkeypatch,
+                                                        read_only):
     from zsbench.atomic import NotWritableError
 
     folder = tmp_path / "ro"
     folder.mkdir()
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
-        if dir is not None and Path(dir) == folder:
-            raise PermissionError(13, "Permission denied")
-        return real_mkstemp(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr("zsbench.atomic.tempfile.mkstemp", mkstemp)
+    read_only(folder)
     monkeypatch.setattr("zsbench.runner.build_method", lambda *a, **k: pytest.fail("worked"))
     with pytest.raises(NotWritableError, match=f"output folder \\(--output-dir\\) {folder}"):
         _run(data_dir, folder)

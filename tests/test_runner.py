@@ -9,14 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from zsbench.method import AnomalyMethod, MethodInfo, Prediction
 from zsbench.registry import METHODS
 from zsbench.results import read_result
 from zsbench.runner import RunOptions, run
-from zsbench.synthetic import write_synthetic_dataset
 
 TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": 56}
 
@@ -25,24 +23,15 @@ class ColourDeviation(AnomalyMethod):
     info = MethodInfo(name="test_colour_deviation", title="Colour deviation (test)",
                       paper="test", trainable=False)
 
-    def predict(self, images, class_names):
+    def _predict(self, images, class_names):
         median = images.flatten(2).median(dim=2).values[:, :, None, None]
         maps = (images - median).norm(dim=1)
         return Prediction(maps.flatten(1).amax(1), maps)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from zsbench.prepare import prepare
-
-    root = tmp_path_factory.mktemp("runner")
-    raw = root / "raw"
-    write_synthetic_dataset(raw, "synthetic_b", size=64, n_train=1, n_normal=3, n_anomalous=3)
-    prepare("synthetic_b", raw, root / "data")
-    write_synthetic_dataset(root / "raw_a", "synthetic_a", size=64, n_train=1, n_normal=2,
-                            n_anomalous=2)
-    prepare("synthetic_a", root / "raw_a", root / "data")
-    return root / "data"
+@pytest.fixture
+def data_dir(synthetic_data_dir) -> Path:
+    return synthetic_data_dir
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,15 +140,6 @@ def test_cli_reports_unknown_dataset_and_missing_data(data_dir, tmp_path):
                                   "--image-size", "56"])
     assert missing.exit_code == 1 and "mvtec" in missing.output
     assert "zsbench data prepare" in missing.output
-
-
-def test_predict_contract_of_the_test_method():
-    from zsbench.backbone import load_backbone
-
-    m = ColourDeviation(AnomalyMethod.config_class(**TINY), load_backbone("zsbench-tiny", None,
-                                                                          image_size=56))
-    scores, maps = m.predict(torch.randn(2, 3, 56, 56), ["object"] * 2)
-    assert scores.shape == (2,) and maps.shape == (2, 56, 56)
 
 
 def test_skip_existing_reruns_an_invalid_result(data_dir, tmp_path):

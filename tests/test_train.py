@@ -183,7 +183,7 @@ def test_save_checkpoint_is_atomic_and_loadable(backbone: Backbone, tmp_path: Pa
 class _TrainingFree(AnomalyMethod):
     info = MethodInfo(name="training_free_test", title="test", paper="none", trainable=False)
 
-    def predict(self, images: torch.Tensor, class_names) -> Prediction:
+    def _predict(self, images: torch.Tensor, class_names) -> Prediction:
         raise NotImplementedError
 
 

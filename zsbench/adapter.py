@@ -68,9 +68,23 @@ def convert_options(adapter_cls: type[DatasetAdapter], options: dict[str, Any]
             for key, value in options.items()}
 
 
+#: Dataset domains in display order (leaderboard column groups, dataset tables).
+DOMAINS: tuple[str, ...] = ("industrial", "medical", "synthetic")
+
+
+def display_key(domain: str, order: int, name: str) -> tuple[int, int, str]:
+    """Sort key of datasets in displays: domain (:data:`DOMAINS` order), then
+    :attr:`DatasetInfo.order`, then id."""
+    rank = DOMAINS.index(domain) if domain in DOMAINS else len(DOMAINS)
+    return rank, order, name
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Metadata every adapter declares (shown by ``zsbench data list``, written to the card)."""
+    """Metadata every adapter declares: the one source of a dataset's facts. ``zsbench data
+    list`` shows it, the card records it, and the leaderboard catalog
+    (:mod:`zsbench.leaderboard.catalog`) and the README/docs dataset tables
+    (:mod:`zsbench.dataset_docs`) are derived from it."""
 
     name: str  # zsbench id, e.g. "mvtec"
     title: str  # e.g. "MVTec AD"
@@ -80,12 +94,26 @@ class DatasetInfo:
     license: str
     rehostable: bool  # may the unified dataset be re-published on the Hub?
     citation: str
-    homepage: str
+    homepage: str  # source URL of the original download
     has_masks: bool
     has_normals: bool  # normal images in the test split
     splits: tuple[str, ...] = ("test",)
     description: str = ""
     checksums: dict[str, str] = field(default_factory=dict)  # archive name -> sha256
+    short_title: str = ""  # leaderboard column and table name; "" = ``title``
+    paper_name: str = ""  # spelling in published tables ("MVTecAD"); "" = the short title
+    order: int = 1000  # position among its domain's datasets (leaderboard columns, tables)
+    install_extra: str = ""  # pip extra the adapter needs: "medical" = zsbench[medical]
+
+    @property
+    def display_title(self) -> str:
+        """The short name shown in leaderboard columns and dataset tables."""
+        return self.short_title or self.title
+
+    @property
+    def published_name(self) -> str:
+        """The dataset's name as published result tables spell it."""
+        return self.paper_name or self.display_title
 
 
 @dataclass
@@ -120,3 +148,12 @@ class DatasetAdapter:
     def records(self, raw_dir: Path) -> Iterator[RawRecord]:
         """Yield every image of the download under ``raw_dir``."""
         raise NotImplementedError
+
+
+def accepted_options(adapter_cls: type[DatasetAdapter]) -> tuple[str, ...] | None:
+    """The option names an adapter takes: its ``options_accepted``, else the names in its
+    ``option_types`` when it declares any; None when it does not say (options unchecked)."""
+    accepted = getattr(adapter_cls, "options_accepted", None)
+    if accepted is None:
+        accepted = tuple(getattr(adapter_cls, "option_types", {})) or None
+    return None if accepted is None else tuple(accepted)

@@ -6,7 +6,6 @@ mode, the Gaussian filter) are defined once.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -106,10 +105,3 @@ def harmonic_mean(x: Tensor, dim: int, eps: float = 1e-12) -> Tensor:
     """Harmonic mean along ``dim`` (WinCLIP's aggregation of window and scale scores)."""
     n = x.shape[dim]
     return n / (1.0 / x.clamp_min(eps)).sum(dim=dim)
-
-
-def grid_side(num_patches: int) -> int:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(f"{num_patches} patch tokens do not form a square grid")
-    return side

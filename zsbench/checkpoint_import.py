@@ -1,11 +1,11 @@
 """Import released upstream checkpoints as zsbench checkpoints.
 
-A method that can read its upstream checkpoints has a classmethod
-``convert_upstream_checkpoint(obj) -> dict[str, Tensor]`` that maps the loaded object to its
-trainable state (keys of :meth:`AnomalyMethod.trainable_state_dict`). The importer checks the
-converted tensors against a freshly built method (names and shapes), loads them and writes a
-checkpoint in the trainer's format (:func:`zsbench.train.save_checkpoint`, epoch 0), recording
-the source file and its sha256.
+A method that can read its upstream checkpoints overrides the classmethod
+:meth:`AnomalyMethod.convert_upstream_checkpoint` (``obj -> dict[str, Tensor]``), which maps the
+loaded object to its trainable state (keys of :meth:`AnomalyMethod.trainable_state_dict`). The
+importer checks the converted tensors against a freshly built method (names and shapes), loads
+them and writes a checkpoint in the trainer's format
+(:func:`zsbench.checkpoints.save_checkpoint`, epoch 0), recording the source file and its sha256.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from zsbench.checkpoints import save_checkpoint
 from zsbench.errors import CheckpointError, ConfigError
 from zsbench.method import AnomalyMethod, MethodConfig, build_method
 from zsbench.provenance import sha256_file
 from zsbench.registry import METHODS
-from zsbench.train import save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,15 @@ def import_checkpoint(method_name: str, file: str | Path, out: str | Path,
     data is an error. Without it the checkpoint records none."""
     cls = METHODS.get(method_name)
     name = cls.info.name
-    convert = getattr(cls, "convert_upstream_checkpoint", None)
-    if convert is None:
-        importable = [n for n in METHODS.names()
-                      if hasattr(METHODS.get(n), "convert_upstream_checkpoint")]
+    if not cls.can_import_upstream():
+        importable = [n for n in METHODS.names() if METHODS.get(n).can_import_upstream()]
         raise ConfigError(f"method {name!r} cannot import upstream checkpoints (it has no "
                           f"convert_upstream_checkpoint); methods that can: "
                           f"{', '.join(importable) or 'none'}")
     file = Path(file)
     obj = read_upstream_checkpoint(file)
     try:
-        state = convert(obj)
+        state = cls.convert_upstream_checkpoint(obj)
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{file} is not an upstream {name} checkpoint: {err}") from err
     method = build_method(name, overrides, device=device, backbone=backbone)

@@ -23,6 +23,7 @@ import yaml
 
 from zsbench.dataset_card import parse_card, read_card_file
 from zsbench.errors import DataError, ZsbenchError
+from zsbench.provenance import update_with_file
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +288,20 @@ def load(source: str | Path, split: str = "test", categories: Iterable[str] | No
     return ds
 
 
+def raw_records(dataset: Any) -> Any:
+    """The dataset with image columns left undecoded (bytes), for fast worker-side decoding."""
+    try:
+        from datasets import Image as ImageFeature
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return dataset
+    features = getattr(dataset, "features", None) or {}
+    for column in ("image", "mask"):
+        feature = features.get(column)
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
+
+
 def dataset_fingerprint(source: str | Path, *, revision: str | None = None,
                         api: Any = None) -> str:
     """``sha256:<hex>`` over the shard names and bytes of a prepared folder, or
@@ -299,9 +314,7 @@ def dataset_fingerprint(source: str | Path, *, revision: str | None = None,
             raise DataSourceError(f"{text}: no Parquet shards under data/")
         for shard in shards:
             digest.update(shard.name.encode() + b"\0")
-            with open(shard, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
+            update_with_file(digest, shard)
         return f"sha256:{digest.hexdigest()}"
     repo, _ = parse_hub_source(text)
     revision = pinned_revision(text, revision)

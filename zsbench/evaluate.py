@@ -8,29 +8,43 @@ as upstream keeps them, at the evaluation resolution, with boolean masks); metri
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from zsbench import metrics
 from zsbench.anomaly_maps import upsample
+from zsbench.data import raw_records  # re-exported: zsbench.evaluate.raw_records
 from zsbench.distributed import broadcast_from_main, current_world, gather_to_main, shard
+from zsbench.errors import ConfigError
+from zsbench.evidence import EvidenceCollector, EvidenceSettings
 from zsbench.identity import MAP_DTYPE
 from zsbench.method import AnomalyMethod
-from zsbench.overlays import save_overlay
-from zsbench.preprocess import AnomalyImageDataset, denormalize
+from zsbench.preprocess import AnomalyImageDataset
+from zsbench.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-#: progress callback: (description, completed, total)
-ProgressCallback = Callable[[str, int, int], None]
+
+def default_num_workers() -> int:
+    """DataLoader workers that decode ahead of the forward: ``min(8, cores - 1)``, or the
+    ``ZSBENCH_NUM_WORKERS`` environment variable."""
+    value = os.environ.get("ZSBENCH_NUM_WORKERS")
+    if value is not None:
+        if not value.isdigit():
+            raise ConfigError(f"ZSBENCH_NUM_WORKERS must be a number >= 0, got {value!r}")
+        return int(value)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -45,6 +59,10 @@ class EvalSettings:
     limit: int | None = None  # images per category (smoke runs); a stratified, seeded subset
     save_maps: int = 0  # overlay PNGs per category
     seed: int = 111
+    #: threads computing finished categories' metrics while the next is inferred (0: inline)
+    metrics_workers: int = 1
+    #: bootstrap intervals and stored maps (--bootstrap, --save-maps all)
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
 
 @dataclass
@@ -58,20 +76,8 @@ class DatasetEvaluation:
     seconds: float
     images_per_s: float
     samples: list[Path] = field(default_factory=list)
-
-
-def raw_records(dataset: Any) -> Any:
-    """The dataset with image columns left undecoded (bytes), for fast worker-side decoding."""
-    try:
-        from datasets import Image as ImageFeature
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return dataset
-    features = getattr(dataset, "features", None) or {}
-    for column in ("image", "mask"):
-        feature = features.get(column)
-        if isinstance(feature, ImageFeature) and feature.decode:
-            dataset = dataset.cast_column(column, ImageFeature(decode=False))
-    return dataset
+    samples_scale: dict[str, float] | None = None  # the overlays' colour scale (per dataset)
+    bootstrap: dict[str, Any] | None = None  # --bootstrap: intervals of every metric
 
 
 def select_indices(categories: list[str], labels: list[int], limit: int | None, seed: int
@@ -98,8 +104,8 @@ def select_indices(categories: list[str], labels: list[int], limit: int | None, 
 
 
 def _inference_context(method: AnomalyMethod) -> contextlib.AbstractContextManager:
-    # transductive methods adapt with gradients inside predict: inference_mode would forbid it
-    return torch.no_grad() if method.info.transductive else torch.inference_mode()
+    # a method that adapts with gradients inside predict: inference_mode would forbid it
+    return torch.no_grad() if method.needs_grad_at_test else torch.inference_mode()
 
 
 @dataclass
@@ -130,26 +136,59 @@ class _Inferred:
             max(part.seconds for part in parts))
 
 
-def _infer(method: AnomalyMethod, records: Any, indices: list[int], settings: EvalSettings,
-           keep_maps: bool, keep_images: set[int], tick: Callable[[int], None]) -> _Inferred:
-    """Run ``method`` on the images ``indices`` of one category."""
+class CategoryBatches(Sampler[list[int]]):
+    """Batches over the concatenated index lists of several categories that never straddle a
+    category: one loader (and its workers) serves a whole evaluation, and
+    ``batches_per_category[k]`` batches of it belong to category ``k`` (0 for an empty one)."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.batches_per_category: list[int] = []
+        position = 0
+        for size in sizes:
+            starts = range(0, size, batch_size)
+            self.batches += [list(range(position + s, position + min(size, s + batch_size)))
+                             for s in starts]
+            self.batches_per_category.append(len(starts))
+            position += size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _loader(method: AnomalyMethod, records: Any, plan: list[tuple[str, list[int]]],
+            settings: EvalSettings) -> tuple[Iterator[dict[str, Any]], list[int]]:
+    """One loader over every planned image, in category order: decoding, resizing and
+    normalisation happen in its workers (``settings.num_workers``) ahead of the forward;
+    images and masks travel as float32 and uint8, pinned on CUDA."""
+    indices = [i for _, own in plan for i in own]
+    sampler = CategoryBatches([len(own) for _, own in plan], settings.batch_size)
+    if not indices:
+        return iter(()), sampler.batches_per_category
+    backbone = method.backbone
+    dataset = AnomalyImageDataset(records, method.config.image_size, backbone.mean, backbone.std,
+                                  mask_size=settings.resolution,
+                                  mask_threshold=settings.mask_threshold, indices=indices,
+                                  interpolation=method.config.input_interpolation)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers,
+                        pin_memory=torch.device(settings.device).type == "cuda")
+    return iter(loader), sampler.batches_per_category
+
+
+def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: list[int],
+           settings: EvalSettings, keep_maps: bool, keep_images: set[int],
+           tick: Callable[[int], None]) -> _Inferred:
+    """Run ``method`` on one category's ``batches`` (its images ``indices``, in order)."""
     res, device = settings.resolution, torch.device(settings.device)
     n = len(indices)
     out = _Inferred(list(indices), np.empty(n, dtype=np.float64),
                     np.empty((n, res, res), dtype=MAP_DTYPE) if keep_maps else None,
                     np.empty((n, res, res), dtype=bool) if keep_maps else None)
-    if n == 0:
-        return out
-    backbone = method.backbone
-    loader = DataLoader(
-        AnomalyImageDataset(records, method.config.image_size, backbone.mean, backbone.std,
-                            mask_size=res, mask_threshold=settings.mask_threshold,
-                            indices=indices,
-                            interpolation=method.config.input_interpolation),
-        batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False)
     pos = 0
-    for batch in loader:
+    for batch in batches:
         images = batch["image"].to(device, non_blocking=True)
         t0 = time.perf_counter()
         with _inference_context(method):
@@ -160,13 +199,15 @@ def _infer(method: AnomalyMethod, records: Any, indices: list[int], settings: Ev
             if anomaly_maps.shape[-1] != res or anomaly_maps.shape[-2] != res:
                 anomaly_maps = upsample(anomaly_maps.float(), res)
             out.maps[pos:pos + b] = anomaly_maps.float().cpu().numpy()
-            out.masks[pos:pos + b] = batch["mask"].numpy() > 0.5
+            out.masks[pos:pos + b] = batch["mask"].numpy() > 0
         out.seconds += time.perf_counter() - t0
         for j, index in enumerate(int(i) for i in batch["index"]):
             if index in keep_images:
                 out.sample_images[index] = images[j].cpu()
         pos += b
         tick(b)
+    if pos != n:
+        raise RuntimeError(f"the loader gave {pos} images for a category of {n}")
     return out
 
 
@@ -184,6 +225,30 @@ def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask
     return values, counts
 
 
+class _MetricsPool:
+    """Runs categories' metrics in ``workers`` background threads (0: at once, in the caller);
+    leaving the ``with`` block waits for all and re-raises the first error."""
+
+    def __init__(self, workers: int) -> None:
+        self.executor = ThreadPoolExecutor(workers, "zsbench-metrics") if workers > 0 else None
+        self.futures: list[Future] = []
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.executor is None:
+            fn(*args)
+        else:
+            self.futures.append(self.executor.submit(fn, *args))
+
+    def __enter__(self) -> _MetricsPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            for future in self.futures:
+                future.result()
+
+
 def evaluate_dataset(method: AnomalyMethod, records: Any, settings: EvalSettings, *,
                      name: str = "dataset", samples_dir: Path | None = None,
                      progress: ProgressCallback | None = None) -> DatasetEvaluation:
@@ -199,14 +264,14 @@ def evaluate_dataset(method: AnomalyMethod, records: Any, settings: EvalSettings
     selected = select_indices(list(records["category"]), labels, settings.limit, settings.seed)
     world = current_world()
     by_category = method.info.transductive and world.world_size > 1
-    mine = set(shard(list(selected), world.rank, world.world_size)) if by_category else None
-    total = sum(len(v) for c, v in selected.items() if mine is None or c in mine)
-    if not by_category:
-        total = sum(len(shard(v, world.rank, world.world_size)) for v in selected.values())
+    mine, total = _rank_share(selected, by_category, world)
     method.eval()
     per_category: dict[str, dict[str, float | None]] = {}
     counts: dict[str, dict[str, int]] = {}
-    samples: list[Path] = []
+    collector = EvidenceCollector(settings.evidence)
+    image_ids = ([str(v) for v in records["sample_id"]]
+                 if "sample_id" in (getattr(records, "column_names", None) or ())
+                 else [str(i) for i in range(len(labels))])
     done, start, infer_s = [0], time.perf_counter(), 0.0
     current = [""]
 
@@ -215,47 +280,88 @@ def evaluate_dataset(method: AnomalyMethod, records: Any, settings: EvalSettings
         if progress and world.is_main:
             progress(f"{name}/{current[0]}", done[0], total)
 
-    for cat, indices in selected.items():
-        if mine is not None and cat not in mine:
-            continue
-        current[0] = cat
-        method.start_category(cat)
-        keep_maps = any(has_mask[i] for i in indices)
-        to_save = _pick_samples(indices, labels, settings.save_maps) if samples_dir else set()
-        own = indices if by_category else shard(indices, world.rank, world.world_size)
-        part = _infer(method, records, own, settings, keep_maps, to_save if keep_maps else set(),
-                      tick)
-        infer_s += part.seconds
-        parts = [part] if by_category else gather_to_main(part)
-        if parts is None:  # not rank 0: rank 0 computes this category's metrics
-            continue
-        inferred = _Inferred.merge(parts, indices)
+    def finish(cat: str, inferred: _Inferred) -> None:
+        """A category's metrics and evidence (in a background thread: numpy's sorts and zlib
+        release the GIL, so this overlaps the next category's forward)."""
+        indices = inferred.indices
         per_category[cat], counts[cat] = _category_outcome(f"{name}/{cat}", inferred, labels,
                                                            has_mask)
-        if keep_maps and samples_dir is not None:
-            samples += _write_samples(samples_dir, cat, inferred, method.backbone,
-                                      settings.resolution, len(samples))
+        collector.add(cat, np.array([labels[i] for i in indices]), inferred.scores,
+                      inferred.masks, inferred.maps, [image_ids[i] for i in indices],
+                      per_category[cat], {row: inferred.sample_images[i]
+                                          for row, i in enumerate(indices)
+                                          if i in inferred.sample_images})
+
+    plan = [(cat, indices if by_category else shard(indices, world.rank, world.world_size))
+            for cat, indices in selected.items() if mine is None or cat in mine]
+    batches, per_plan = _loader(method, records, plan, settings)
+    with _MetricsPool(settings.metrics_workers) as pool:
+        for (cat, own), n_batches in zip(plan, per_plan, strict=True):
+            current[0] = cat
+            method.start_category(cat)
+            indices = selected[cat]
+            keep_maps = any(has_mask[i] for i in indices)
+            to_save = (_pick_samples(indices, labels, settings.save_maps) if samples_dir and
+                       keep_maps else set())
+            part = _infer(method, itertools.islice(batches, n_batches), own, settings,
+                          keep_maps, to_save, tick)
+            infer_s += part.seconds
+            parts = [part] if by_category else gather_to_main(part)
+            if parts is not None:  # rank 0 (or this rank's own category) computes the metrics
+                pool.submit(finish, cat, _Inferred.merge(parts, indices))
+    per_category = {c: per_category[c] for c in selected if c in per_category}
+    counts = {c: counts[c] for c in selected if c in counts}
     if by_category:  # each rank evaluated its own categories: collect them on rank 0
-        collected = gather_to_main((per_category, counts, samples))
-        if collected is not None:
-            per_category = {c: v for pc, _, _ in collected for c, v in pc.items()}
-            counts = {c: v for _, cc, _ in collected for c, v in cc.items()}
-            samples = [p for _, _, ss in collected for p in ss]
-            per_category = {c: per_category[c] for c in selected}
-            counts = {c: counts[c] for c in selected}
+        per_category, counts, collector = _collect_categories(per_category, counts, collector,
+                                                              list(selected))
     evaluation = None
     if world.is_main:
-        summary = metrics.summarize(per_category)
-        totals = {k: sum(c[k] for c in counts.values())
-                  for k in ("images", "anomalous", "with_mask", "regions")}
         n_images = sum(len(v) for v in selected.values())
-        evaluation = DatasetEvaluation(
-            per_category=per_category, mean=summary["mean"],
-            categories_used=summary["categories_used"],
-            counts={"total": totals, "per_category": counts},
-            seconds=time.perf_counter() - start,
-            images_per_s=n_images / infer_s if infer_s > 0 else 0.0, samples=samples)
+        evaluation = _dataset_evaluation(per_category, counts, start,
+                                         n_images / infer_s if infer_s > 0 else 0.0)
+        if samples_dir is not None:
+            evaluation.samples, evaluation.samples_scale = collector.write_overlays(
+                samples_dir, method.backbone, settings.resolution)
+        evaluation.bootstrap = collector.bootstrap_result(list(selected))
     return broadcast_from_main(evaluation)
+
+
+def _rank_share(selected: dict[str, list[int]], by_category: bool, world: Any
+                ) -> tuple[set[str] | None, int]:
+    """This rank's categories (None: a shard of every category) and its number of images."""
+    if not by_category:
+        return None, sum(len(shard(v, world.rank, world.world_size)) for v in selected.values())
+    mine = set(shard(list(selected), world.rank, world.world_size))
+    return mine, sum(len(v) for c, v in selected.items() if c in mine)
+
+
+def _collect_categories(per_category: dict[str, Any], counts: dict[str, Any],
+                        collector: EvidenceCollector, order: list[str]
+                        ) -> tuple[dict[str, Any], dict[str, Any], EvidenceCollector]:
+    """Every rank's categories and evidence on rank 0, in ``order``; the other ranks keep
+    their own."""
+    collected = gather_to_main((per_category, counts, collector))
+    if collected is None:
+        return per_category, counts, collector
+    per_category = {c: v for pc, _, _ in collected for c, v in pc.items()}
+    counts = {c: v for _, cc, _ in collected for c, v in cc.items()}
+    return ({c: per_category[c] for c in order}, {c: counts[c] for c in order},
+            EvidenceCollector.combined([c for _, _, c in collected]))
+
+
+def _dataset_evaluation(per_category: dict[str, dict[str, float | None]],
+                        counts: dict[str, dict[str, int]], start: float,
+                        images_per_s: float) -> DatasetEvaluation:
+    """The dataset figures (macro means, totals) from the per-category ones; ``start`` is
+    when the evaluation began (``time.perf_counter``)."""
+    summary = metrics.summarize(per_category)
+    totals = {k: sum(c[k] for c in counts.values())
+              for k in ("images", "anomalous", "with_mask", "regions")}
+    return DatasetEvaluation(
+        per_category=per_category, mean=summary["mean"],
+        categories_used=summary["categories_used"],
+        counts={"total": totals, "per_category": counts}, seconds=time.perf_counter() - start,
+        images_per_s=images_per_s)
 
 
 def _pick_samples(indices: list[int], labels: list[int], k: int) -> set[int]:
@@ -264,21 +370,3 @@ def _pick_samples(indices: list[int], labels: list[int], k: int) -> set[int]:
         return set()
     ordered = [i for i in indices if labels[i] == 1] + [i for i in indices if labels[i] == 0]
     return set(ordered[:k])
-
-
-def _write_samples(folder: Path, category: str, inferred: _Inferred, backbone: Any,
-                   res: int, first_number: int) -> list[Path]:
-    """Overlay PNGs of the kept images, their maps on one scale: the category's min and max."""
-    low, high = float(inferred.maps.min()), float(inferred.maps.max())
-    paths = []
-    for row, index in enumerate(inferred.indices):
-        image = inferred.sample_images.get(index)
-        if image is None:
-            continue
-        rgb = denormalize(image[None].float(), backbone.mean, backbone.std)
-        rgb = upsample(rgb, res)[0].permute(1, 2, 0).numpy()
-        rgb = (rgb.clip(0, 1) * 255).astype(np.uint8)
-        path = folder / f"{category}_{first_number + len(paths):03d}.png"
-        paths.append(save_overlay(path, rgb, inferred.masks[row], inferred.maps[row],
-                                  low, high))
-    return paths

@@ -1,9 +1,12 @@
 """The contract every anomaly-detection method implements, and the config-driven factory.
 
 A method is a ``torch.nn.Module`` over the shared backbone. It declares a config dataclass
-(subclass of :class:`MethodConfig`) and a :class:`MethodInfo`, and implements :meth:`predict`;
-a trainable method also implements :meth:`loss` and :meth:`parameter_groups`. Methods never open
-files, parse datasets or compute metrics: the trainer and the evaluator do that.
+(subclass of :class:`MethodConfig`) and a :class:`MethodInfo`, and implements :meth:`_predict`
+(its own scoring step; the public :meth:`AnomalyMethod.predict` checks the batch and the output
+around it); a trainable method also implements :meth:`loss` and :meth:`parameter_groups`. Optional
+hooks: :meth:`start_category`, :meth:`describe_prompts`, :meth:`convert_upstream_checkpoint`.
+It registers with ``@register_method`` under its ``info.name``. Methods never open files, parse
+datasets or compute metrics: the trainer and the evaluator do that.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class MethodInfo:
     title: str
     paper: str  # citation, e.g. "Zhou et al., AnomalyCLIP, ICLR 2024"
     trainable: bool
-    transductive: bool = False  # adapts on the test images themselves (e.g. AnoVL)
+    transductive: bool = False  # adapts on the test images themselves (e.g. AnoVL): taxonomy
     code: str = ""  # upstream repository
     license: str = ""
     class_aware: bool = False  # uses the category word in prompts
@@ -88,6 +91,9 @@ class AnomalyMethod(nn.Module):
     #: named sets of config values, e.g. ``{"upstream": {...}}``: every quirk flag set to what
     #: the upstream code does. ``make_config(..., preset=NAME)`` applies one before overrides.
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: the method computes gradients inside :meth:`predict` (test-time adaptation, e.g. AnoVL):
+    #: the evaluator then runs it under ``torch.no_grad()`` instead of ``torch.inference_mode()``
+    needs_grad_at_test: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, backbone: nn.Module):
         super().__init__()
@@ -97,8 +103,47 @@ class AnomalyMethod(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     def predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        """Score a batch of preprocessed images ``[B, 3, S, S]``; ``class_names`` has B words."""
-        raise NotImplementedError
+        """Score a batch of preprocessed images ``[B, 3, S, S]`` (``S = config.image_size``);
+        ``class_names`` has B words (a single string counts as one).
+
+        Checks the inputs, calls the method's own :meth:`_predict`, and checks its output:
+        image scores ``[B]`` and anomaly maps ``[B, H, W]`` (the input size or the evaluation
+        size), all finite. A bad input is a ``ValueError``, a bad output a ``RuntimeError``;
+        both name the method and the shapes."""
+        names = self.check_batch(images, class_names)
+        image_scores, anomaly_maps = self._predict(images, names)
+        self._check_prediction(images, image_scores, anomaly_maps)
+        return Prediction(image_scores, anomaly_maps)
+
+    def _predict(self, images: Tensor, class_names: list[str]) -> Prediction:
+        """The method's own scoring step on a checked batch (see :meth:`predict`)."""
+        raise NotImplementedError(f"method {self.info.name!r} does not implement _predict")
+
+    def check_batch(self, images: Tensor, class_names: Sequence[str] | str) -> list[str]:
+        """The class names of a batch as a list, after checking that ``images`` is
+        ``[B, 3, S, S]`` with ``S = config.image_size`` and that there is one name per image."""
+        name, size = self.info.name, self.config.image_size
+        shape = tuple(getattr(images, "shape", ()))
+        if not isinstance(images, Tensor) or len(shape) != 4 or shape[1:] != (3, size, size):
+            raise ValueError(f"{name} expects images [B, 3, {size}, {size}] (config "
+                             f"image_size={size}); got {type(images).__name__} {list(shape)}")
+        names = [class_names] if isinstance(class_names, str) else list(class_names)
+        if len(names) != shape[0]:
+            raise ValueError(f"{name} needs one class name per image: got {len(names)} class "
+                             f"names for {shape[0]} images")
+        return names
+
+    def _check_prediction(self, images: Tensor, image_scores: Tensor, anomaly_maps: Tensor
+                          ) -> None:
+        batch, name = images.shape[0], self.info.name
+        if tuple(image_scores.shape) != (batch,) or anomaly_maps.dim() != 3 \
+                or anomaly_maps.shape[0] != batch:
+            raise RuntimeError(f"{name}._predict returned image scores {list(image_scores.shape)}"
+                               f" and maps {list(anomaly_maps.shape)} for {batch} images; "
+                               f"expected [{batch}] and [{batch}, H, W]")
+        for what, values in (("image scores", image_scores), ("anomaly maps", anomaly_maps)):
+            if not bool(torch.isfinite(values).all()):
+                raise RuntimeError(f"{name}._predict returned non-finite {what} (NaN or inf)")
 
     def start_category(self, category: str) -> None:
         """Called by the evaluator before the first image of each category; a method that keeps
@@ -142,12 +187,35 @@ class AnomalyMethod(nn.Module):
         """Exact prompt strings (and templates) for ``config``, printed by ``methods info``."""
         return {}
 
+    @classmethod
+    def convert_upstream_checkpoint(cls, obj: Any) -> dict[str, Tensor]:
+        """Optional hook: map an upstream checkpoint (the object ``torch.load`` returned) to this
+        method's :meth:`trainable_state_dict` keys; raise ``KeyError``/``ValueError``/
+        ``TypeError`` naming what does not fit. ``zsbench import-checkpoint`` calls it; a method
+        can import upstream checkpoints when it overrides it (:meth:`can_import_upstream`)."""
+        raise NotImplementedError(f"method {cls.info.name!r} cannot import upstream checkpoints")
+
+    @classmethod
+    def can_import_upstream(cls) -> bool:
+        """Whether the method overrides :meth:`convert_upstream_checkpoint`."""
+        own = cls.__mro__[:cls.__mro__.index(AnomalyMethod)]
+        return any("convert_upstream_checkpoint" in vars(klass) for klass in own)
+
     @property
     def trainable(self) -> bool:
         return self.info.trainable
 
+    def require_non_negative(self, *names: str) -> None:
+        """A :class:`ConfigError` naming the first config option of ``names`` that is negative
+        (e.g. ``sigma``, the Gaussian of the pixel maps); for a method's ``__init__``."""
+        for name in names:
+            value = getattr(self.config, name)
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+
 
 # -- config handling ---------------------------------------------------------------------------
+
 
 def _coerce(value: Any, annotation: Any, field_name: str) -> Any:
     """Turn a CLI string into the type a config field declares."""
@@ -216,6 +284,15 @@ def make_config(method: str | type[AnomalyMethod], overrides: Mapping[str, Any] 
 
 def config_to_dict(config: MethodConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+def config_from_dict(method_name: str, values: Mapping[str, Any]) -> MethodConfig:
+    """A method config from a recorded config dict (JSON lists back to tuples)."""
+    cls = METHODS.get(method_name)
+    defaults = cls.config_class()
+    restored = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(defaults, k, None), tuple)
+                else v for k, v in values.items()}
+    return make_config(cls, restored)
 
 
 def config_hash(method: str, config: MethodConfig) -> str:

@@ -204,21 +204,32 @@ def _suffix_sums(values: np.ndarray) -> np.ndarray:
     return sums
 
 
+def _hit_groups(sorted_values: np.ndarray, hit_values: np.ndarray, hit_tags: np.ndarray,
+                tag_weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(start, end, anomalous count, region weight, value) of each run of tied ``hit_values``.
+
+    ``hit_values`` are the sorted values of the anomalous items (ties ordered by tag) and
+    ``hit_tags`` their region tags; start/end are positions in ``sorted_values`` (all items)."""
+    first = _run_starts(hit_values)
+    values = hit_values[first]
+    weights = tag_weights[hit_tags]
+    hit_weight = (np.add.reduceat(weights, first) if first.size
+                  else np.zeros(0, dtype=np.float64))
+    del weights
+    hit_anomalous = np.diff(first, append=hit_values.size).astype(np.int64)
+    del first
+    return (np.searchsorted(sorted_values, values, side="left"),
+            np.searchsorted(sorted_values, values, side="right"), hit_anomalous, hit_weight,
+            values)
+
+
 def _ranked(sorted_scores: np.ndarray, anomalous_at: np.ndarray, anomalous_tags: np.ndarray,
             tag_weights: np.ndarray, n_regions: int) -> RankedScores:
     """Find the tied groups of the anomalous items at sorted positions ``anomalous_at``."""
-    hit_scores = sorted_scores[anomalous_at]
-    first = _run_starts(hit_scores)
-    values = hit_scores[first]
-    weights = tag_weights[anomalous_tags]
-    return RankedScores(
-        sorted_scores=sorted_scores,
-        hit_start=np.searchsorted(sorted_scores, values, side="left"),
-        hit_end=np.searchsorted(sorted_scores, values, side="right"),
-        hit_anomalous=np.diff(first, append=anomalous_at.size).astype(np.int64),
-        hit_weight=(np.add.reduceat(weights, first) if first.size
-                    else np.zeros(0, dtype=np.float64)),
-        n_regions=n_regions)
+    start, end, anomalous, weight, _ = _hit_groups(sorted_scores, sorted_scores[anomalous_at],
+                                                   anomalous_tags, tag_weights)
+    return RankedScores(sorted_scores=sorted_scores, hit_start=start, hit_end=end,
+                        hit_anomalous=anomalous, hit_weight=weight, n_regions=n_regions)
 
 
 def _rank_by_argsort(scores: np.ndarray, tags: np.ndarray, tag_weights: np.ndarray,
@@ -253,6 +264,84 @@ def _rank_by_packed_sort(masks: np.ndarray, maps: np.ndarray) -> RankedScores:
     sorted_scores = _scores_from_keys(halves[:, _HIGH])
     del keys, halves, tags
     return _ranked(sorted_scores, anomalous_at, anomalous_tags, tag_weights, n_regions)
+
+
+_CHUNK = 1 << 22  # items per temporary array in the in-place paths
+
+
+def _check_finite_image(image: np.ndarray, index: int) -> None:
+    if not np.isfinite(image).all():
+        where = np.argwhere(~np.isfinite(image))[0].tolist()
+        raise ValueError(f"maps must be finite; found {image[tuple(where)]!r} at index "
+                         f"{[index, *where]}")
+
+
+def _as_binary_view(values: ArrayLike, name: str) -> np.ndarray:
+    """Like :func:`_as_binary`, but checks image by image and views 0/1 uint8/int8 as bool."""
+    array = np.asarray(values)
+    if array.dtype in (np.uint8, np.int8) and array.flags.c_contiguous:
+        for image in array.reshape(len(array), -1) if array.ndim else [array]:
+            if (image > 1).any() or (image < 0).any():
+                bad = image[(image > 1) | (image < 0)][0]
+                raise ValueError(f"{name} must contain only 0 and 1 (or False/True); "
+                                 f"found {bad!r}")
+        return array.view(bool)
+    return _as_binary(array, name)
+
+
+def _rank_in_place(masks: np.ndarray, maps: np.ndarray) -> RankedScores:
+    """Rank C-contiguous float32 ``maps`` by sorting their own buffer; it ends up holding the
+    sorted scores (``sorted_scores`` is a view of it).
+
+    Each score becomes an order-preserving uint32 key in place; the anomalous pixels are copied
+    out as ``key << 32 | region tag`` (8 bytes each) and sorted separately, so their ties are
+    ordered by tag exactly as in :func:`_rank_by_packed_sort` and the results are identical."""
+    flat = maps.reshape(-1)
+    keys = flat.view(np.uint32)
+    per_image = maps[0].size if len(maps) else 0
+    packed = np.empty(int(np.count_nonzero(masks)), dtype=np.uint64)
+    halves = packed.view(np.uint32).reshape(-1, 2)
+    areas: list[np.ndarray] = []
+    filled = 0
+    for index, tags, new_areas in _region_tags(masks):
+        _check_finite_image(maps[index], index)
+        rows = slice(index * per_image, (index + 1) * per_image)
+        image_keys = _order_keys(flat[rows])
+        if new_areas.size:
+            where = np.flatnonzero(tags)
+            halves[filled:filled + where.size, _HIGH] = image_keys[where]
+            halves[filled:filled + where.size, _LOW] = tags[where]
+            filled += where.size
+        keys[rows] = image_keys
+        areas.append(new_areas)
+    tag_weights, n_regions = _region_weights(areas)
+    keys.sort()
+    packed.sort()
+    start, end, anomalous, weight, _ = _hit_groups(keys, halves[:, _HIGH], halves[:, _LOW],
+                                                   tag_weights)
+    del packed, halves
+    for begin in range(0, keys.size, _CHUNK):
+        part = keys[begin:begin + _CHUNK]
+        part[...] = _scores_from_keys(part).view(np.uint32)
+    return RankedScores(sorted_scores=flat, hit_start=start, hit_end=end,
+                        hit_anomalous=anomalous, hit_weight=weight, n_regions=n_regions)
+
+
+def rank_pixels_in_place(masks: ArrayLike, maps: np.ndarray) -> RankedScores:
+    """:func:`rank_pixels` that consumes ``maps``: a writable C-contiguous float32 ``[N, H, W]``
+    array is overwritten with the sorted scores (no copy: about 1 byte per pixel and 44 per
+    anomalous pixel beyond the inputs); any other array is ranked from a float32 copy (float16)
+    or by :func:`rank_pixels` (float64). Same values as :func:`rank_pixels`."""
+    masks_b = _as_binary_view(masks, "masks")
+    array = np.asarray(maps)
+    if array.dtype == np.float64 or array.ndim != 3 or masks_b.shape != array.shape:
+        return rank_pixels(masks_b, array)
+    if array.dtype == np.float16 or (array.dtype == np.float32 and not (
+            array.flags.c_contiguous and array.flags.writeable)):
+        array = np.array(array, dtype=np.float32, order="C")
+    if array.dtype != np.float32:
+        return rank_pixels(masks_b, array)
+    return _rank_in_place(masks_b, array)
 
 
 def rank_scores(labels: ArrayLike, scores: ArrayLike) -> RankedScores:
@@ -375,18 +464,41 @@ def aupro_legacy_from_ranked(ranked: RankedScores, steps: int = 200,
     n_neg = ranked.n_normal
     if ranked.n_regions == 0 or n_neg == 0:
         return None
-    low, high = ranked.sorted_scores[0], ranked.sorted_scores[-1]  # numpy scalars, as upstream
-    delta = (high - low) / steps
-    if not delta > 0:
-        logger.debug("aupro_legacy undefined: constant scores")
+    thresholds = legacy_thresholds(ranked.sorted_scores[0], ranked.sorted_scores[-1], steps)
+    if thresholds is None:
         return None
-    thresholds = np.arange(low, high, delta)
-    n_above = ranked.sorted_scores.size - np.searchsorted(ranked.sorted_scores, thresholds,
+    needles = (round_down_float32(thresholds) if ranked.sorted_scores.dtype == np.float32
+               else thresholds)  # same counts, without a float64 copy of the scores
+    n_above = ranked.sorted_scores.size - np.searchsorted(ranked.sorted_scores, needles,
                                                           side="right")
     first_hit_above = np.searchsorted(ranked.hit_start, ranked.sorted_scores.size - n_above)
     pos_above = ranked.anomalous_from(first_hit_above)
     fprs = (n_above - pos_above) / n_neg
     pros = np.minimum(_suffix_sums(ranked.hit_weight)[first_hit_above], 1.0)
+    return legacy_area(fprs, pros, limit)
+
+
+def round_down_float32(values: np.ndarray) -> np.ndarray:
+    """The largest float32 not above each value: ``x <= v`` exactly when ``x <= result`` for
+    every float32 ``x``."""
+    rounded = values.astype(np.float32)
+    too_big = rounded.astype(np.float64) > values
+    rounded[too_big] = np.nextafter(rounded[too_big], np.float32(-np.inf))
+    return rounded
+
+
+def legacy_thresholds(low: np.floating, high: np.floating, steps: int) -> np.ndarray | None:
+    """cflow-ad's thresholds ``np.arange(low, high, (high - low) / steps)`` from the minimum and
+    maximum score (numpy scalars of the scores' dtype, as upstream); None for constant scores."""
+    delta = (high - low) / steps
+    if not delta > 0:
+        logger.debug("aupro_legacy undefined: constant scores")
+        return None
+    return np.arange(low, high, delta)
+
+
+def legacy_area(fprs: np.ndarray, pros: np.ndarray, limit: float) -> float | None:
+    """cflow-ad's area from FPR and PRO at each threshold (ascending thresholds)."""
     keep = fprs < limit
     if not keep.any():
         logger.debug("aupro_legacy undefined: no threshold with FPR < %s", limit)
@@ -454,11 +566,15 @@ def aupro_legacy(masks: ArrayLike, maps: ArrayLike, steps: int = 200,
 
 
 def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | None = None,
-                    maps: ArrayLike | None = None) -> dict[str, float | None]:
+                    maps: ArrayLike | None = None, *,
+                    consume: bool = False) -> dict[str, float | None]:
     """All :data:`METRIC_NAMES` for one category, from one sort of the image and pixel scores.
 
     ``masks`` (all-zero for normal images) and ``maps`` are ``[N, H, W]`` for the same N images as
-    ``labels``/``scores``; without masks every pixel metric is None.
+    ``labels``/``scores``; without masks every pixel metric is None. ``consume=True`` lets a
+    writable C-contiguous float32 ``maps`` be overwritten (see :func:`rank_pixels_in_place`):
+    same values, 6.0 instead of 17.3 bytes per pixel with the inputs (measured: 1,000 maps of
+    518x518, 1 % anomalous pixels; benchmarks/bench_metrics_memory.py).
     """
     image_ranked = rank_scores(labels, scores)
     both_classes = image_ranked.n_anomalous > 0 and image_ranked.n_normal > 0
@@ -476,7 +592,7 @@ def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | Non
     if np.shape(masks)[:1] != (n_images,):
         raise ValueError(f"masks has shape {np.shape(masks)}; expected [{n_images}, H, W] to match "
                          f"the {n_images} labels")
-    pixel_ranked = rank_pixels(masks, maps)
+    pixel_ranked = rank_pixels_in_place(masks, maps) if consume else rank_pixels(masks, maps)
     result.update({
         "pixel_auroc": auroc_from_ranked(pixel_ranked),
         "pixel_ap": ap_from_ranked(pixel_ranked),

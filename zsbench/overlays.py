@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from zsbench import atomic
+from zsbench.anomaly_maps import upsample
+from zsbench.preprocess import denormalize
 
 # anchor colours of a perceptually ordered dark-to-bright heat map (black-purple-red-yellow)
 _ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
@@ -45,3 +48,13 @@ def save_overlay(path: str | Path, image: np.ndarray, mask: np.ndarray, anomaly_
     with atomic.atomic_path(path) as tmp:
         Image.fromarray(panel).save(tmp, format="PNG")
     return Path(path)
+
+
+def save_overlay_image(path: Path, image: Any, mask: np.ndarray, anomaly_map: np.ndarray,
+                       backbone: Any, resolution: int, low: float, high: float) -> Path:
+    """The overlay PNG of one evaluated image (its preprocessed ``[3, S, S]`` tensor, shown at
+    ``resolution``), its map drawn on the colour scale ``low``..``high``."""
+    rgb = denormalize(image[None].float(), backbone.mean, backbone.std)
+    rgb = upsample(rgb, resolution)[0].permute(1, 2, 0).numpy()
+    rgb = (rgb.clip(0, 1) * 255).astype(np.uint8)
+    return save_overlay(path, rgb, mask, anomaly_map, low, high)

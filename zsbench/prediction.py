@@ -82,7 +82,7 @@ def _method(method: str, checkpoint: str | Path | None, overrides: Mapping[str, 
 
     cls = METHODS.get(method)
     if checkpoint is not None:
-        from zsbench.train import load_method_from_checkpoint, read_checkpoint_metadata
+        from zsbench.checkpoints import load_method_from_checkpoint, read_checkpoint_metadata
 
         if not Path(checkpoint).is_file():
             raise PredictError(f"checkpoint not found: {checkpoint}")

@@ -53,12 +53,14 @@ from zsbench.adapter import (
     DatasetInfo,
     DatasetLayoutError,
     RawRecord,
+    accepted_options,
     convert_options,
 )
 from zsbench.atomic import atomic_directory, ensure_writable_dir, remove_stale_staging
 from zsbench.data import image_error_reason
 from zsbench.dataset_card import read_card_file, render_card
 from zsbench.errors import DataError
+from zsbench.provenance import sha256_file, update_with_file
 from zsbench.raw_files import describe_folder
 from zsbench.schema import (
     NORMAL_DEFECT_TYPE,
@@ -374,15 +376,6 @@ def inputs_key(name: str, adapter: type[DatasetAdapter], raw_dir: Path,
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (read in 4 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_checksum(raw_dir: str | Path) -> str:
     """``sha256:<hex>`` over the raw folder's file list and contents: for every file in path
     order, its posix path relative to ``raw_dir``, its size, then its bytes. Names, sizes and
@@ -396,9 +389,7 @@ def source_checksum(raw_dir: str | Path) -> str:
             path = Path(folder) / file
             rel = path.relative_to(raw_dir).as_posix()
             digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
+            update_with_file(digest, path)
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -442,7 +433,7 @@ def verify_prepared(folder: str | Path, raw_dir: str | Path | None = None) -> di
     for rel, expected in sorted(recorded.items()):
         if rel not in on_disk:
             problems.append(f"missing shard {rel}")
-        elif file_sha256(folder / rel) != expected:
+        elif sha256_file(folder / rel) != expected:
             problems.append(f"shard {rel} differs from the recorded sha256 {expected[:12]}...")
     problems += [f"unlisted shard {rel}" for rel in sorted(on_disk - set(recorded))]
     source = "not checked"
@@ -465,9 +456,7 @@ def verify_prepared(folder: str | Path, raw_dir: str | Path | None = None) -> di
 def check_options(adapter_cls: type[DatasetAdapter], options: Mapping[str, Any]) -> None:
     """Reject options the adapter does not take, when it lists them in ``options_accepted``
     (else in ``option_types``, when it declares any)."""
-    accepted = getattr(adapter_cls, "options_accepted", None)
-    if accepted is None:
-        accepted = tuple(getattr(adapter_cls, "option_types", {})) or None
+    accepted = accepted_options(adapter_cls)
     if accepted is None:
         return
     unknown = sorted(set(options) - set(accepted))
@@ -609,7 +598,7 @@ def write_prepared(info: DatasetInfo, records: list[RawRecord], target: Path, *,
         card = render_card(info, counts, shard_files, adapter_name=adapter_name,
                            adapter_options=dict(adapter_options or {}),
                            inputs_key=inputs_key_value, adapter_class=adapter_class)
-        shard_sums = {rel: file_sha256(staging / rel)
+        shard_sums = {rel: sha256_file(staging / rel)
                       for rels in shard_files.values() for rel in rels}
         card = _with_integrity(card, source_sha256, shard_sums)
         (staging / "README.md").write_text(card, encoding="utf-8")

@@ -64,10 +64,14 @@ def image_to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: S
     ``convert("RGB")`` (AnoVL) resizes in the file's own mode first; for RGB and greyscale (L)
     files, the modes of the industrial benchmarks, both orders give the same bytes."""
     img = image.convert("RGB").resize((size, size), resampling_filter(interpolation))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - m) / s
+    pixels = np.asarray(img).transpose(2, 0, 1)  # a CHW view of the uint8 pixels
+    out = np.empty((3, size, size), dtype=np.float32)
+    # (x / 255 - mean) / std as one multiply and one subtract per channel, written in place
+    for channel in range(3):
+        np.multiply(pixels[channel], np.float32(1.0 / (255.0 * std[channel])),
+                    out=out[channel], casting="unsafe")
+        out[channel] -= np.float32(mean[channel] / std[channel])
+    return torch.from_numpy(out)
 
 
 def mask_to_tensor(mask: Image.Image | None, size: int, threshold: float = 0.5) -> Tensor:
@@ -89,7 +93,7 @@ def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
 class AnomalyImageDataset(Dataset):
     """A torch Dataset over a unified (Hugging Face) dataset, or any sequence of records.
 
-    Items are dicts: ``image`` [3, S, S], ``mask`` [M, M] float 0/1, ``label`` (int),
+    Items are dicts: ``image`` [3, S, S] float32, ``mask`` [M, M] uint8 0/1, ``label`` (int),
     ``class_name`` (prompt word), ``category``, ``index`` (position in ``records``).
     ``interpolation`` is the image resize filter (the method's ``input_interpolation``)."""
 
@@ -115,7 +119,7 @@ class AnomalyImageDataset(Dataset):
         return {
             "image": image_to_tensor(image, self.image_size, self.mean, self.std,
                                      self.interpolation),
-            "mask": mask_to_tensor(mask, self.mask_size, self.mask_threshold).float(),
+            "mask": mask_to_tensor(mask, self.mask_size, self.mask_threshold).to(torch.uint8),
             "label": int(row["label"]),
             "class_name": row.get("prompt_name") or "object",
             "category": row.get("category", ""),

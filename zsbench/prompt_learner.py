@@ -194,6 +194,29 @@ class PromptLearner(nn.Module):
             ``[([B,] [C,] P, embed_dim)]``: ``[P, D]``, ``[C, P, D]``, ``[B, P, D]`` or
             ``[B, C, P, D]``.
         """
+        selected, batch_shape, names = self._forward_arguments(class_names, ctx_bias, prompts,
+                                                               ctx_bias_groups)
+        contexts = self.context_vectors()
+        device = contexts[0].device
+        all_ids, all_embeddings = [], []
+        for index in selected:
+            n_ctx = self.n_ctx[index]
+            ids = torch.stack([self._token_ids(self._full_text(self.templates[index], n_ctx, name),
+                                               n_ctx) for name in names]).to(device)
+            ctx = self._biased_context(index, contexts[index], ctx_bias, ctx_bias_groups)
+            all_ids.append(ids)
+            all_embeddings.append(self._splice_context(ids, ctx, (*batch_shape, len(names))))
+        encoded = self._encode(torch.stack(all_ids, dim=1),  # [C, P, L]
+                               torch.stack(all_embeddings, dim=-3),  # [*batch, C, P, L, W]
+                               batch_shape)
+        return encoded if class_names is not None else encoded.squeeze(-3)
+
+    def _forward_arguments(self, class_names: Sequence[str] | None, ctx_bias: Tensor | None,
+                           prompts: Sequence[int] | None,
+                           ctx_bias_groups: Collection[str] | None
+                           ) -> tuple[list[int], tuple[int, ...], list[str | None]]:
+        """The checked arguments of :meth:`forward`: the selected prompt indices, the batch
+        shape of ``ctx_bias`` (``()`` or ``(B,)``) and the class names (``[None]`` without)."""
         selected = list(range(self.n_prompts)) if prompts is None else [int(i) for i in prompts]
         if not selected or any(not 0 <= i < self.n_prompts for i in selected):
             raise ValueError(f"prompts {prompts!r} must be indices in 0..{self.n_prompts - 1}")
@@ -212,34 +235,36 @@ class PromptLearner(nn.Module):
         names: list[str | None] = [None] if class_names is None else list(class_names)
         if class_names is not None and (isinstance(class_names, str) or not names):
             raise ValueError(f"class_names must be a non-empty list of words, got {class_names!r}")
-        contexts = self.context_vectors()
-        device = contexts[0].device
-        all_ids, all_embeddings = [], []
-        for index in selected:
-            n_ctx = self.n_ctx[index]
-            ids = torch.stack([self._token_ids(self._full_text(self.templates[index], n_ctx, name),
-                                               n_ctx) for name in names]).to(device)
-            tokens = self.backbone.token_embedding(ids)  # [C, L, W]
-            ctx = contexts[index]
-            if ctx_bias is not None:
-                bias = ctx_bias.unsqueeze(-2).to(ctx.dtype)  # [*batch, 1, W]
-                if ctx_bias_groups is not None:
-                    bias = bias * self._group_mask(index, ctx_bias_groups).to(ctx)  # [*batch, n, W]
-                ctx = ctx + bias  # [*batch, n, W]
-            full_shape = (*batch_shape, len(names))
-            ctx = ctx.unsqueeze(-3).expand(*full_shape, n_ctx, width)
-            embeddings = torch.cat([tokens[:, :1].expand(*full_shape, 1, width), ctx,
-                                    tokens[:, 1 + n_ctx:].expand(*full_shape, -1, width)], dim=-2)
-            all_ids.append(ids)
-            all_embeddings.append(embeddings)
-        ids = torch.stack(all_ids, dim=1)  # [C, P, L]
-        embeddings = torch.stack(all_embeddings, dim=-3)  # [*batch, C, P, L, W]
-        length = ids.shape[-1]
+        return selected, batch_shape, names
+
+    def _biased_context(self, index: int, ctx: Tensor, ctx_bias: Tensor | None,
+                        groups: Collection[str] | None) -> Tensor:
+        """Prompt ``index``'s context ``[n, W]`` plus ``ctx_bias`` (on the positions of
+        ``groups`` only, when given): ``[*batch, n, W]``."""
+        if ctx_bias is None:
+            return ctx
+        bias = ctx_bias.unsqueeze(-2).to(ctx.dtype)  # [*batch, 1, W]
+        if groups is not None:
+            bias = bias * self._group_mask(index, groups).to(ctx)  # [*batch, n, W]
+        return ctx + bias  # [*batch, n, W]
+
+    def _splice_context(self, ids: Tensor, ctx: Tensor, full_shape: tuple[int, ...]) -> Tensor:
+        """Token embeddings ``[*full_shape, L, W]`` of ``ids`` ``[C, L]`` with the placeholder
+        positions ``1..n`` replaced by the context ``ctx`` (``[*batch, n, W]``)."""
+        width, n_ctx = self.backbone.text_width, ctx.shape[-2]
+        tokens = self.backbone.token_embedding(ids)  # [C, L, W]
+        ctx = ctx.unsqueeze(-3).expand(*full_shape, n_ctx, width)
+        return torch.cat([tokens[:, :1].expand(*full_shape, 1, width), ctx,
+                          tokens[:, 1 + n_ctx:].expand(*full_shape, -1, width)], dim=-2)
+
+    def _encode(self, ids: Tensor, embeddings: Tensor, batch_shape: tuple[int, ...]) -> Tensor:
+        """Encode ``[*batch, C, P, L, W]`` embeddings of ``[C, P, L]`` ids (with the deep
+        prompts): ``[*batch, C, P, embed_dim]``."""
+        length, width = ids.shape[-1], embeddings.shape[-1]
         flat_ids = ids.expand(*batch_shape, *ids.shape).reshape(-1, length)
         encoded = self.backbone.encode_text(flat_ids, embeddings.reshape(-1, length, width),
                                             self.deep_prompt_inputs(flat_ids.shape[0]))
-        encoded = encoded.reshape(*batch_shape, len(names), len(selected), -1)
-        return encoded if class_names is not None else encoded.squeeze(-3)
+        return encoded.reshape(*batch_shape, *ids.shape[:2], -1)
 
     def _group_mask(self, index: int, groups: Collection[str]) -> Tensor:
         """``[n_ctx_i, 1]``: 1 at the context positions of prompt ``index`` from ``groups``."""

@@ -18,6 +18,7 @@ counts layer 24 four times). Text is ``[2, D]`` shared or ``[B, 2, D]`` per imag
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,15 @@ def layer_probability_maps(patch_tokens: Sequence[Tensor], text: Tensor, grid: t
     """One ``[B, 2, size, size]`` (normal, abnormal) probability map per ``[B, N, D]`` tokens."""
     return [patch_probability_map(tokens, text, grid, size, temperature)
             for tokens in patch_tokens]
+
+
+def input_probability_maps(backbone: Any, images: Tensor, patch_tokens: Sequence[Tensor],
+                           text: Tensor, temperature: float = ANOMALYCLIP_TEMPERATURE
+                           ) -> list[Tensor]:
+    """:func:`layer_probability_maps` of a batch of ``images``: on their patch grid
+    (``backbone.patch_grid``), upsampled to their side."""
+    return layer_probability_maps(patch_tokens, text, backbone.patch_grid(images),
+                                  images.shape[-1], temperature)
 
 
 def pixel_anomaly_map(prob_maps: Sequence[Tensor], weights: Sequence[float], sigma: float

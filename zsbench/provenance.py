@@ -14,11 +14,18 @@ from typing import Any
 import zsbench
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def update_with_file(digest: Any, path: str | os.PathLike[str], chunk: int = 1 << 22) -> None:
+    """Feed a file's bytes to a ``hashlib`` digest, read in chunks (4 MiB by default)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
+        while block := f.read(chunk):
+            digest.update(block)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes: the one file hash of zsbench (weights, checkpoints,
+    shards)."""
+    h = hashlib.sha256()
+    update_with_file(h, path, chunk)
     return h.hexdigest()
 
 

@@ -172,9 +172,22 @@ def import_submodules(package: str, path: list[str], kind: str) -> dict[str, str
     return failed
 
 
-def register_method(name: str) -> Callable[[T], T]:
-    """Class decorator: register an :class:`zsbench.method.AnomalyMethod` subclass."""
-    return METHODS.register(name)
+def register_method(name: Any = None) -> Any:
+    """Class decorator: register an :class:`zsbench.method.AnomalyMethod` subclass under its
+    ``info.name`` (``@register_method`` or ``@register_method()``). A name given must be that
+    same name: a method registered under another key is an error."""
+
+    def add(cls: T) -> T:
+        key = cls.info.name  # type: ignore[attr-defined]
+        if name is not None and name.lower() != key.lower():
+            raise ValueError(f"method class {cls.__name__} has info.name {key!r} but is "
+                             f"registered as {name!r}; register it under its info.name")
+        return METHODS.register(key, cls)
+
+    if isinstance(name, type):  # bare @register_method
+        cls, name = name, None
+        return add(cls)
+    return add
 
 
 def register_adapter(name: str) -> Callable[[T], T]:

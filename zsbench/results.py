@@ -22,12 +22,11 @@ import pandas as pd
 
 from zsbench import atomic
 from zsbench.errors import ConfigError, DataError
+from zsbench.metrics import METRIC_NAMES  # re-exported: zsbench.results.METRIC_NAMES
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1"
-METRIC_NAMES = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
-                "pixel_f1_max", "aupro", "aupro_legacy")
 
 
 class ResultValidationError(DataError):
@@ -171,3 +170,64 @@ def results_table(results: Iterable[dict[str, Any]], metric: str = "image_auroc"
     if len(frame.columns):
         frame["mean"] = frame.mean(axis=1, skipna=True)
     return frame.sort_index()
+
+
+def build_result(method: Any, protocol: Any, target: str, plan: Any, evaluation: Any,
+                 settings: Any, source: str, identity: dict[str, Any],
+                 train_seconds: float | None, checkpoint: Path | None, result_file: Path
+                 ) -> dict[str, Any]:
+    """Assemble the result JSON of one target (see ``zsbench/schemas/result.schema.json``)
+    from the method (:class:`zsbench.method.AnomalyMethod`), the protocol, the runner's training
+    plan (``train_sets``, ``trained_on``, ``trained_on_source``), the
+    :class:`zsbench.evaluate.DatasetEvaluation` and its :class:`zsbench.evaluate.EvalSettings`.
+    """
+    from zsbench.identity import identity_key
+    from zsbench.method import config_hash, config_to_dict
+    from zsbench.provenance import cached_sha256_file, provenance
+    from zsbench.registry import ADAPTERS
+
+    name = method.info.name
+    bb = method.backbone
+    fingerprint = identity["dataset_fingerprint"]
+    domain = ADAPTERS.get(target).info.domain if target in ADAPTERS else None
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "method": name,
+        "config_hash": config_hash(name, method.config),
+        "method_config": config_to_dict(method.config),
+        "identity": identity,
+        "identity_key": identity_key(identity),
+        "smoke": settings.limit is not None,
+        "protocol": {"id": protocol.id, "train": list(plan.train_sets),
+                     "train_split": protocol.train_split, "resolution": settings.resolution,
+                     "mask_threshold": settings.mask_threshold, "limit": settings.limit,
+                     "seed": settings.seed},
+        "dataset": {"name": target, "domain": domain, "source": source,
+                    "revision": fingerprint.split("@", 1)[1] if "@" in fingerprint else None,
+                    "fingerprint": fingerprint, "split": "test"},
+        "trained_on": plan.trained_on,
+        "trained_on_source": plan.trained_on_source,
+        "metrics": {"mean": evaluation.mean, "per_category": evaluation.per_category,
+                    "categories_used": evaluation.categories_used},
+        "counts": evaluation.counts,
+        "evaluation": {"resolution": settings.resolution, "image_size": method.config.image_size,
+                       "batch_size": settings.batch_size, "device": settings.device,
+                       "precision": method.config.precision, "map_dtype": identity["map_dtype"]},
+        "backbone": {"name": bb.name, "pretrained": bb.pretrained,
+                     "weights_sha256": getattr(bb, "weights_sha256", None)},
+        "checkpoint": ({"path": str(checkpoint), "sha256": cached_sha256_file(checkpoint)}
+                       if checkpoint else None),
+        "seed": settings.seed,
+        "provenance": provenance(settings.device),
+        "timings": {"train_s": None if train_seconds is None else round(train_seconds, 3),
+                    "eval_s": round(evaluation.seconds, 3),
+                    "images_per_s": round(evaluation.images_per_s, 3)},
+        "samples": [p.relative_to(result_file.parent).as_posix() for p in evaluation.samples],
+        "method_kind": {"trainable": method.info.trainable,
+                        "transductive": method.info.transductive},
+    }
+    if getattr(evaluation, "samples_scale", None):
+        result["samples_scale"] = evaluation.samples_scale
+    if getattr(evaluation, "bootstrap", None):
+        result["bootstrap"] = evaluation.bootstrap
+    return result

@@ -22,9 +22,11 @@ import torch
 
 from zsbench import data as zdata
 from zsbench.atomic import ensure_writable_dir
+from zsbench.cost import method_cost
 from zsbench.distributed import barrier, init_from_env, local_device
 from zsbench.errors import CheckpointError, ConfigError, DataError
-from zsbench.evaluate import DatasetEvaluation, EvalSettings, evaluate_dataset
+from zsbench.evaluate import EvalSettings, default_num_workers, evaluate_dataset
+from zsbench.evidence import EvidenceSettings
 from zsbench.identity import (
     canonical_hash,
     identity_differences,
@@ -33,23 +35,24 @@ from zsbench.identity import (
     settings_folder,
     train_identity,
 )
+from zsbench.leakage import DataUse, leakage_ledger
 from zsbench.method import AnomalyMethod, build_method, config_hash, config_to_dict, make_config
+from zsbench.progress import ProgressCallback
 from zsbench.protocols import Protocol, resolve_protocol
-from zsbench.provenance import cached_sha256_file, provenance
+from zsbench.provenance import cached_sha256_file
 from zsbench.registry import ADAPTERS, METHODS
-from zsbench.results import (
-    SCHEMA_VERSION,
+from zsbench.results import (  # build_result is re-exported: zsbench.runner.build_result
     ResultValidationError,
+    build_result,
     empty_reason,
     protocol_slug,
     read_result,
     result_path,
     write_result,
 )
+from zsbench.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 def default_device() -> str:
@@ -64,13 +67,15 @@ class RunOptions:
     output_dir: Path = Path("results")
     device: str = field(default_factory=default_device)
     batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int = field(default_factory=default_num_workers)  # loader workers
     limit: int | None = None  # images per category: a smoke run, marked as such
     resolution: int | None = None  # overrides the protocol's evaluation resolution
     seed: int | None = None  # overrides the protocol's seed
     skip_existing: bool = False
     skip_missing: bool = False  # run the prepared targets, list the missing ones (else refuse)
-    save_maps: int = 0
+    save_maps: int | str = 0  # overlay PNGs per category, or "all": every map stored (+4 PNGs)
+    bootstrap: int = 0  # replicates of the 95 % bootstrap intervals (0: none)
+    cost: bool = True  # measure latency, throughput, memory and FLOPs into the result
     checkpoint_dir: Path | None = None  # default: <output_dir>/checkpoints
     checkpoint: Path | None = None  # evaluate this trained checkpoint instead of training
     resume: bool = False
@@ -87,6 +92,25 @@ class RunOptions:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap must be >= 0 replicates, got {self.bootstrap}")
+        if isinstance(self.save_maps, str) and self.save_maps != "all":
+            if not self.save_maps.isdigit():
+                raise ConfigError(f"save_maps must be a number of overlays per category or "
+                                  f"'all', got {self.save_maps!r}")
+            self.save_maps = int(self.save_maps)
+        if isinstance(self.save_maps, int) and self.save_maps < 0:
+            raise ConfigError(f"save_maps must be >= 0, got {self.save_maps}")
+
+    @property
+    def store_maps(self) -> bool:
+        """``--save-maps all``: every image's score and map go to a map store."""
+        return self.save_maps == "all"
+
+    @property
+    def overlays(self) -> int:
+        """Overlay PNGs per category (4 with ``--save-maps all``)."""
+        return 4 if self.store_maps else int(self.save_maps)
 
 
 @dataclass
@@ -107,10 +131,6 @@ class _Training:
     checkpoint_sha256: str | None = None  # evaluated from options.checkpoint
     trained_on: list[str] = field(default_factory=list)
     trained_on_source: str = "none"  # training, checkpoint, protocol or none
-
-
-def _domain(name: str) -> str | None:
-    return ADAPTERS.get(name).info.domain if name in ADAPTERS else None
 
 
 def _resolve_sources(names: Sequence[str], options: RunOptions) -> tuple[dict[str, str], list[str]]:
@@ -168,7 +188,7 @@ def _training_plans(cls: type[AnomalyMethod], config: Any, protocol: Protocol,
     plans = {}
     recorded: list[str] | None = None
     if options.checkpoint is not None:
-        from zsbench.train import read_checkpoint_metadata
+        from zsbench.checkpoints import read_checkpoint_metadata
 
         recorded = read_checkpoint_metadata(options.checkpoint).get("trained_on")
         if recorded is None and len(groups) > 1:
@@ -209,9 +229,22 @@ def _training_plans(cls: type[AnomalyMethod], config: Any, protocol: Protocol,
     return plans
 
 
-def _existing_mean(path: Path, identity: dict[str, Any]) -> dict[str, float | None] | None:
-    """The mean metrics of an existing result that records ``identity`` and evaluated
-    something; None (run again, saying why) otherwise."""
+def _missing_evidence(result: dict[str, Any], options: RunOptions) -> str | None:
+    """What an existing result lacks of the evidence asked for now (intervals, stored maps):
+    it does not change its numbers, so it is not part of the identity, but asking for it runs
+    the target again."""
+    if options.bootstrap and (result.get("bootstrap") or {}).get("replicates") != \
+            options.bootstrap:
+        return f"it has no {options.bootstrap}-replicate bootstrap intervals"
+    if options.store_maps and not result.get("map_store"):
+        return "it stored no maps (--save-maps all)"
+    return None
+
+
+def _existing_mean(path: Path, identity: dict[str, Any], options: RunOptions
+                   ) -> dict[str, float | None] | None:
+    """The mean metrics of an existing result that records ``identity``, evaluated something
+    and holds the evidence asked for; None (run again, saying why) otherwise."""
     if not path.exists():
         return None
     try:
@@ -222,55 +255,21 @@ def _existing_mean(path: Path, identity: dict[str, Any]) -> dict[str, float | No
     differences = identity_differences(result.get("identity"), identity)
     empty = empty_reason(result)
     reason = (f"its settings differ ({'; '.join(differences[:4])})" if differences
-              else empty[1] if empty else None)
+              else empty[1] if empty else _missing_evidence(result, options))
     if reason:
         logger.warning("re-running %s: %s", path, reason)
         return None
     return result["metrics"]["mean"]
 
 
-def build_result(method: AnomalyMethod, protocol: Protocol, target: str, plan: _Training,
-                 evaluation: DatasetEvaluation, settings: EvalSettings, source: str,
-                 identity: dict[str, Any], train_seconds: float | None,
-                 checkpoint: Path | None, result_file: Path) -> dict[str, Any]:
-    """Assemble the result JSON of one target (see ``zsbench/schemas/result.schema.json``)."""
-    name = method.info.name
-    bb = method.backbone
-    fingerprint = identity["dataset_fingerprint"]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "method": name,
-        "config_hash": config_hash(name, method.config),
-        "method_config": config_to_dict(method.config),
-        "identity": identity,
-        "identity_key": identity_key(identity),
-        "smoke": settings.limit is not None,
-        "protocol": {"id": protocol.id, "train": list(plan.train_sets),
-                     "train_split": protocol.train_split, "resolution": settings.resolution,
-                     "mask_threshold": settings.mask_threshold, "limit": settings.limit,
-                     "seed": settings.seed},
-        "dataset": {"name": target, "domain": _domain(target), "source": source,
-                    "revision": fingerprint.split("@", 1)[1] if "@" in fingerprint else None,
-                    "fingerprint": fingerprint, "split": "test"},
-        "trained_on": plan.trained_on,
-        "trained_on_source": plan.trained_on_source,
-        "metrics": {"mean": evaluation.mean, "per_category": evaluation.per_category,
-                    "categories_used": evaluation.categories_used},
-        "counts": evaluation.counts,
-        "evaluation": {"resolution": settings.resolution, "image_size": method.config.image_size,
-                       "batch_size": settings.batch_size, "device": settings.device,
-                       "precision": method.config.precision, "map_dtype": identity["map_dtype"]},
-        "backbone": {"name": bb.name, "pretrained": bb.pretrained,
-                     "weights_sha256": getattr(bb, "weights_sha256", None)},
-        "checkpoint": ({"path": str(checkpoint), "sha256": cached_sha256_file(checkpoint)}
-                       if checkpoint else None),
-        "seed": settings.seed,
-        "provenance": provenance(settings.device),
-        "timings": {"train_s": None if train_seconds is None else round(train_seconds, 3),
-                    "eval_s": round(evaluation.seconds, 3),
-                    "images_per_s": round(evaluation.images_per_s, 3)},
-        "samples": [p.relative_to(result_file.parent).as_posix() for p in evaluation.samples],
-    }
+def _leakage(target: str, per_category: dict[str, Any], plan: _Training, protocol: Protocol
+             ) -> dict[str, Any]:
+    """The leakage ledger of a target: the data the method was trained on (its categories from
+    the adapters) against the target's categories."""
+    uses = [DataUse(d, split=protocol.train_split) for d in plan.trained_on]
+    known = {d: list(ADAPTERS.get(d).info.categories) for d in plan.trained_on if d in ADAPTERS}
+    return leakage_ledger(target, list(per_category), auxiliary=uses,
+                          known_categories=known).to_dict()
 
 
 def _checkpoint_folder(method: AnomalyMethod, plan: _Training, options: RunOptions) -> Path:
@@ -309,8 +308,6 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
         preset: str | None = None) -> list[TargetOutcome]:
     """Run ``method_name`` (its config from ``preset`` then ``overrides``) on ``protocol_id``;
     returns what happened to each target."""
-    from zsbench.train import load_checkpoint_into, seed_everything
-
     options = options or RunOptions()
     world = init_from_env(options.device)  # under torchrun: join the group, shard the work
     options = dataclasses.replace(options, device=local_device(options.device, world))
@@ -322,7 +319,9 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
     settings = EvalSettings(resolution=protocol.resolution, mask_threshold=protocol.mask_threshold,
                             batch_size=options.batch_size, num_workers=options.num_workers,
                             device=options.device, limit=options.limit,
-                            save_maps=options.save_maps, seed=protocol.seed)
+                            save_maps=options.overlays, seed=protocol.seed,
+                            evidence=EvidenceSettings(bootstrap=options.bootstrap,
+                                                      bootstrap_seed=protocol.seed))
     groups = _group_targets(cls, protocol)
     all_targets = list(dict.fromkeys(t for ts in groups.values() for t in ts))
     ensure_writable_dir(options.output_dir, "output folder (--output-dir)")
@@ -337,50 +336,97 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
         return fingerprints[dataset]
 
     plans = _training_plans(cls, config, protocol, groups, options, fingerprint)
-    chash = config_hash(name, config)
+    job = _RunJob(name, config, config_hash(name, config), protocol, settings, options, sources,
+                  fingerprint, progress, world)
     outcomes = [TargetOutcome(t, None, "missing") for t in all_targets if t not in sources]
     for train_sets, targets in groups.items():
-        plan = plans[train_sets]
-        identities = {t: run_identity(
-            method=name, config=config_to_dict(config), protocol=protocol.id, target=t,
-            dataset_fingerprint=fingerprint(t), resolution=settings.resolution,
-            mask_threshold=settings.mask_threshold, limit=settings.limit, seed=settings.seed,
-            precision=config.precision, training=plan.identity,
-            checkpoint_sha256=plan.checkpoint_sha256) for t in targets}
-        paths = {t: result_path(options.output_dir, name, chash, protocol.id, t,
-                                settings_folder(identities[t])) for t in targets}
-        existing = ({t: _existing_mean(paths[t], identities[t]) for t in targets}
-                    if options.skip_existing else {})
-        todo = [t for t in targets if existing.get(t) is None]
-        for t in targets:
-            if t not in todo:
-                logger.info("skipping %s: %s records the same settings", t, paths[t])
-                outcomes.append(TargetOutcome(t, paths[t], "skipped", existing[t]))
-        if not todo:
-            continue
-        seed_everything(protocol.seed)
-        method = build_method(name, config, device=options.device)
-        checkpoint, train_s = None, None
-        if options.checkpoint is not None:
-            load_checkpoint_into(method, options.checkpoint)
-            checkpoint = options.checkpoint
-        elif plan.identity is not None:
-            checkpoint, train_s = _train(method, plan, protocol, options, sources, progress)
-        for target in todo:
-            records = zdata.load(sources[target], split="test")
-            samples_dir = paths[target].parent / f"{target}_samples" if options.save_maps else None
-            evaluation = evaluate_dataset(method, records, settings, name=target,
-                                          samples_dir=samples_dir, progress=progress)
-            result = build_result(method, protocol, target, plan, evaluation, settings,
-                                  sources[target], identities[target], train_s, checkpoint,
-                                  paths[target])
-            if world.is_main:  # one writer; the others wait until the file is complete
-                write_result(result, paths[target])
-                logger.info("wrote %s", paths[target])
-            barrier()
-            outcomes.append(TargetOutcome(target, paths[target], "written", evaluation.mean))
-        del method
+        outcomes += _run_group(job, plans[train_sets], targets)
     return outcomes
+
+
+@dataclass
+class _RunJob:
+    """What every protocol group of one :func:`run` shares."""
+
+    name: str
+    config: Any
+    config_hash: str
+    protocol: Protocol
+    settings: EvalSettings
+    options: RunOptions
+    sources: dict[str, str]
+    fingerprint: Callable[[str], str]
+    progress: ProgressCallback | None
+    world: Any
+    costs: dict[int, dict[str, Any]] = field(default_factory=dict)  # per method: measured once
+
+
+def _run_group(job: _RunJob, plan: _Training, targets: list[str]) -> list[TargetOutcome]:
+    """One protocol group: skip the targets done with the same settings, get the method's
+    weights (checkpoint, training or none), evaluate and write the others."""
+    from zsbench.checkpoints import load_checkpoint_into
+
+    settings, options = job.settings, job.options
+    identities = {t: run_identity(
+        method=job.name, config=config_to_dict(job.config), protocol=job.protocol.id, target=t,
+        dataset_fingerprint=job.fingerprint(t), resolution=settings.resolution,
+        mask_threshold=settings.mask_threshold, limit=settings.limit, seed=settings.seed,
+        precision=job.config.precision, training=plan.identity,
+        checkpoint_sha256=plan.checkpoint_sha256) for t in targets}
+    paths = {t: result_path(options.output_dir, job.name, job.config_hash, job.protocol.id, t,
+                            settings_folder(identities[t])) for t in targets}
+    existing = ({t: _existing_mean(paths[t], identities[t], options) for t in targets}
+                if options.skip_existing else {})
+    todo = [t for t in targets if existing.get(t) is None]
+    outcomes = []
+    for t in targets:
+        if t not in todo:
+            logger.info("skipping %s: %s records the same settings", t, paths[t])
+            outcomes.append(TargetOutcome(t, paths[t], "skipped", existing[t]))
+    if not todo:
+        return outcomes
+    seed_everything(job.protocol.seed)
+    method = build_method(job.name, job.config, device=options.device)
+    checkpoint, train_s = None, None
+    if options.checkpoint is not None:
+        load_checkpoint_into(method, options.checkpoint)
+        checkpoint = options.checkpoint
+    elif plan.identity is not None:
+        checkpoint, train_s = _train(method, plan, job.protocol, options, job.sources,
+                                     job.progress)
+    for target in todo:
+        evaluation = _evaluate_and_write(job, method, plan, target, identities[target],
+                                         paths[target], train_s, checkpoint)
+        outcomes.append(TargetOutcome(target, paths[target], "written", evaluation.mean))
+    return outcomes
+
+
+def _evaluate_and_write(job: _RunJob, method: AnomalyMethod, plan: _Training, target: str,
+                        identity: dict[str, Any], path: Path, train_s: float | None,
+                        checkpoint: Path | None) -> Any:
+    """Evaluate ``method`` on ``target`` and write its result JSON (rank 0); returns the
+    :class:`zsbench.evaluate.DatasetEvaluation`."""
+    records = zdata.load(job.sources[target], split="test")
+    samples_dir = path.parent / f"{target}_samples" if job.options.overlays else None
+    store = path.parent / f"{target}_maps" if job.options.store_maps else None
+    settings = dataclasses.replace(job.settings, evidence=dataclasses.replace(
+        job.settings.evidence, store=store, identity_key=identity_key(identity)))
+    evaluation = evaluate_dataset(method, records, settings, name=target,
+                                  samples_dir=samples_dir, progress=job.progress)
+    result = build_result(method, job.protocol, target, plan, evaluation, job.settings,
+                          job.sources[target], identity, train_s, checkpoint, path)
+    result["leakage"] = _leakage(target, evaluation.per_category, plan, job.protocol)
+    if store is not None:
+        result["map_store"] = store.relative_to(path.parent).as_posix()
+    if job.options.cost:
+        job.costs.setdefault(id(method), method_cost(
+            method, batch_size=job.settings.batch_size, training_time_s=train_s))
+        result["cost"] = job.costs[id(method)]
+    if job.world.is_main:  # one writer; the others wait until the file is complete
+        write_result(result, path)
+        logger.info("wrote %s", path)
+    barrier()
+    return evaluation
 
 
 def train_only(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = None, *,
@@ -393,7 +439,6 @@ def train_only(method_name: str, protocol_id: str, overrides: dict[str, Any] | N
 
     Returns the final checkpoint of each training set (under ``checkpoint_dir``, one folder per
     training identity)."""
-    from zsbench.train import seed_everything
 
     world = init_from_env(device or default_device())
     device = local_device(device or default_device(), world)
@@ -425,7 +470,7 @@ def train_only(method_name: str, protocol_id: str, overrides: dict[str, Any] | N
 
 def checkpoint_method(path: Path) -> tuple[str, dict[str, Any]]:
     """The method name and config recorded in a zsbench checkpoint."""
-    from zsbench.train import read_checkpoint_metadata
+    from zsbench.checkpoints import read_checkpoint_metadata
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

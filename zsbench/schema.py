@@ -83,6 +83,30 @@ def validate_record(record: Mapping[str, Any], *, check_pixels: bool = False) ->
     to the image size. With ``check_pixels`` the mask is decoded: mode L with values in {0, 255}.
     """
     where = _where(record)
+    _check_fields(record, where)
+    mask = _image_bytes(record["mask"])
+    if bool(record["has_mask"]) != (mask is not None):
+        raise SchemaError(f"{where}: has_mask={record['has_mask']} but the mask is "
+                          f"{'absent' if mask is None else 'present'}")
+    if record["label"] == 0 and mask is not None:
+        raise SchemaError(f"{where}: normal images carry no mask (the loader builds zeros)")
+    width, height = record["width"], record["height"]
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        raise SchemaError(f"{where}: width/height must be positive integers, "
+                          f"got {width!r} x {height!r}")
+    image = _image_bytes(record["image"])
+    if not image:
+        raise SchemaError(f"{where}: the image has no bytes")
+    size = _open_image(image, "image", where).size
+    if size != (width, height):
+        raise SchemaError(f"{where}: width x height {width}x{height} != image size "
+                          f"{size[0]}x{size[1]}")
+    if mask is not None:
+        _check_mask(_open_image(mask, "mask", where), size, where, check_pixels)
+
+
+def _check_fields(record: Mapping[str, Any], where: str) -> None:
+    """Columns present, label in {0, 1}, non-empty strings, split name, normal <=> "good"."""
     missing = [c for c in COLUMNS if c not in record]
     if missing:
         raise SchemaError(f"{where}: missing columns {missing}")
@@ -102,46 +126,31 @@ def validate_record(record: Mapping[str, Any], *, check_pixels: bool = False) ->
                           f"got {record['defect_type']!r}")
     if label == 1 and is_good:
         raise SchemaError(f"{where}: an anomalous image cannot have defect_type 'good'")
-    mask = _image_bytes(record["mask"])
-    if bool(record["has_mask"]) != (mask is not None):
-        raise SchemaError(f"{where}: has_mask={record['has_mask']} but the mask is "
-                          f"{'absent' if mask is None else 'present'}")
-    if label == 0 and mask is not None:
-        raise SchemaError(f"{where}: normal images carry no mask (the loader builds zeros)")
-    width, height = record["width"], record["height"]
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-        raise SchemaError(f"{where}: width/height must be positive integers, "
-                          f"got {width!r} x {height!r}")
-    image = _image_bytes(record["image"])
-    if not image:
-        raise SchemaError(f"{where}: the image has no bytes")
+
+
+def _open_image(data: bytes, what: str, where: str) -> PILImage.Image:
+    """The image (or mask) header of encoded bytes; unreadable bytes are a SchemaError."""
     try:
-        size = PILImage.open(io.BytesIO(image)).size
+        return PILImage.open(io.BytesIO(data))
     except Exception as err:
         from zsbench.data import image_error_reason
 
-        raise SchemaError(f"{where}: the image bytes cannot be read: "
+        raise SchemaError(f"{where}: the {what} bytes cannot be read: "
                           f"{image_error_reason(err)}") from err
-    if size != (width, height):
-        raise SchemaError(f"{where}: width x height {width}x{height} != image size "
-                          f"{size[0]}x{size[1]}")
-    if mask is not None:
-        try:
-            mask_img = PILImage.open(io.BytesIO(mask))
-        except Exception as err:
-            from zsbench.data import image_error_reason
 
-            raise SchemaError(f"{where}: the mask bytes cannot be read: "
-                              f"{image_error_reason(err)}") from err
-        if mask_img.size != size:
-            raise SchemaError(f"{where}: mask size {mask_img.size[0]}x{mask_img.size[1]} != "
-                              f"image size {size[0]}x{size[1]}")
-        if check_pixels:
-            if mask_img.mode != "L":
-                raise SchemaError(f"{where}: mask mode must be L, got {mask_img.mode}")
-            values = np.unique(np.asarray(mask_img))
-            if not set(values.tolist()) <= {0, 255}:
-                raise SchemaError(f"{where}: mask values must be 0/255, got {values[:8].tolist()}")
+
+def _check_mask(mask_img: PILImage.Image, size: tuple[int, int], where: str,
+                check_pixels: bool) -> None:
+    """Mask size equal to the image's; with ``check_pixels`` mode L with values in {0, 255}."""
+    if mask_img.size != size:
+        raise SchemaError(f"{where}: mask size {mask_img.size[0]}x{mask_img.size[1]} != "
+                          f"image size {size[0]}x{size[1]}")
+    if check_pixels:
+        if mask_img.mode != "L":
+            raise SchemaError(f"{where}: mask mode must be L, got {mask_img.mode}")
+        values = np.unique(np.asarray(mask_img))
+        if not set(values.tolist()) <= {0, 255}:
+            raise SchemaError(f"{where}: mask values must be 0/255, got {values[:8].tolist()}")
 
 
 def validate_records(records: Iterable[Mapping[str, Any]], *, check_pixels: bool = False) -> int:

@@ -17,16 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zsbench.leaderboard.catalog import DATASET_BY_ID, method_key
-from zsbench.leaderboard.checks import (
-    SampleError,
-    empty_reason,
-    non_finite_fields,
-    resolve_sample,
-    smoke_reason,
-)
+from zsbench.leaderboard.catalog import dataset_by_id, method_key
+from zsbench.leaderboard.checks import SampleError, resolve_sample, smoke_reason
 from zsbench.registry import ADAPTERS, Registry
-from zsbench.results import find_result_files, result_schema
+from zsbench.results import empty_reason, find_result_files, non_finite_fields, result_schema
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +161,7 @@ def _name_problems(path: str, result: dict[str, Any], reported_methods: set[str]
     if not isinstance(dataset, str) or not dataset:
         return problems
     registered = _registry_has(ADAPTERS, dataset)
-    if not (registered or dataset.startswith("synthetic") or dataset in DATASET_BY_ID):
+    if not (registered or dataset.startswith("synthetic") or dataset in dataset_by_id()):
         problems.append(Problem(path, "dataset/name", f"unknown dataset {dataset!r}: not "
                                 "registered (zsbench data list) and not a synthetic* dataset",
                                 "dataset"))

@@ -176,6 +176,18 @@ def _child_env(world: WorldInfo, device_per_rank: bool) -> dict[str, str]:
     return env
 
 
+def _start_cell(cell: SweepCell, log_dir: Path, common: Sequence[str], env: dict[str, str]
+                ) -> tuple[SweepCell, subprocess.Popen, Any, float]:
+    """Start ``zsbench run`` of one cell, its output to ``<key>.log`` (the command first)."""
+    log = open(log_dir / f"{cell.key}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
+    command = [sys.executable, "-m", "zsbench", *cell.arguments(), *common]
+    log.write("$ " + " ".join(command) + "\n")
+    log.flush()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               stdin=subprocess.DEVNULL)
+    return cell, process, log, time.perf_counter()
+
+
 def run_sweep(cells: Sequence[SweepCell], log_dir: str | Path, common: Sequence[str] = (), *,
               workers: int = 1, world: WorldInfo | None = None,
               progress: SweepProgress | None = None, poll_seconds: float = 0.2) -> SweepReport:
@@ -211,14 +223,7 @@ def run_sweep(cells: Sequence[SweepCell], log_dir: str | Path, common: Sequence[
     while pending or running:
         while pending and len(running) < workers:
             cell = pending.pop(0)
-            log_path = log_dir / f"{cell.key}.log"
-            log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
-            command = [sys.executable, "-m", "zsbench", *cell.arguments(), *common]
-            log.write("$ " + " ".join(command) + "\n")
-            log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       stdin=subprocess.DEVNULL)
-            running[cell.key] = (cell, process, log, time.perf_counter())
+            running[cell.key] = _start_cell(cell, log_dir, common, env)
             tell()
         for key, (cell, process, log, started) in list(running.items()):
             code = process.poll()

@@ -1,4 +1,4 @@
-"""The generic trainer of trainable methods, and zsbench checkpoints.
+"""The generic trainer of trainable methods (checkpoints: :mod:`zsbench.checkpoints`).
 
 ``train_method`` trains the declared parameter groups of a method on unified datasets with the
 AnomalyCLIP-family defaults (METHODS.md section 0: Adam lr 1e-3, betas (0.5, 0.999), 15 epochs,
@@ -7,30 +7,40 @@ epoch a checkpoint ``epoch_{NNN}.pt`` is written atomically; it holds the method
 config hash, the backbone, the trainable state, the optimizer and RNG states, so that
 ``resume=True`` continues bit for bit (on CPU) where an interrupted run stopped.
 
-A checkpoint is a dict loadable with ``torch.load(weights_only=True)``; ``format`` is
-:data:`CHECKPOINT_FORMAT`.
+The checkpoint format lives in :mod:`zsbench.checkpoints`; its public names (``save_checkpoint``,
+``read_checkpoint_metadata``, ``load_checkpoint_into``, ``load_method_from_checkpoint``,
+``CHECKPOINT_FORMAT``) and ``config_from_dict``/``seed_everything`` stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import random
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Sampler
 
-from zsbench import __version__
-from zsbench.atomic import torch_save
+from zsbench.checkpoints import (  # the public names are re-exported (users' imports)
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    check_fits,
+    epoch_checkpoint_path,
+    epoch_checkpoints,
+    json_ready,
+    load_checkpoint_into,
+    load_method_from_checkpoint,
+    read_checkpoint,
+    read_checkpoint_metadata,
+    restore_rng_state,
+    save_checkpoint,
+)
+from zsbench.data import raw_records
 from zsbench.distributed import (
     WorldInfo,
     all_reduce_gradients,
@@ -38,26 +48,28 @@ from zsbench.distributed import (
     barrier,
     current_world,
 )
-from zsbench.evaluate import raw_records
-from zsbench.method import (
-    AnomalyMethod,
-    MethodConfig,
-    build_method,
-    config_hash,
-    config_to_dict,
-    make_config,
-)
+from zsbench.method import AnomalyMethod, config_from_dict
 from zsbench.preprocess import AnomalyImageDataset
+from zsbench.progress import ProgressCallback
+from zsbench.seeding import seed_everything  # re-exported: zsbench.train.seed_everything
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "zsbench-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
-_EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.pt$")
-#: keys of a checkpoint that are not metadata (large or internal)
-_STATE_KEYS = ("state_dict", "optimizer", "rng")
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "TrainConfig",
+    "TrainOutcome",
+    "config_from_dict",
+    "load_checkpoint_into",
+    "load_method_from_checkpoint",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+    "seed_everything",
+    "train_method",
+    "training_precision",
+]
 
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -92,195 +104,6 @@ class TrainOutcome:
     def train_seconds(self) -> float:
         """Training time of all epochs, including those before a resume or a reuse."""
         return float(sum(entry.get("seconds", 0.0) for entry in self.history))
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-
-def epoch_checkpoint_path(checkpoint_dir: Path, epoch: int) -> Path:
-    return Path(checkpoint_dir) / f"epoch_{epoch:03d}.pt"
-
-
-def _rng_state(shuffle_generator: torch.Generator | None) -> dict[str, Any]:
-    """Global RNG states (and the shuffling generator's) in ``weights_only``-loadable types."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if shuffle_generator is not None:
-        state["shuffle"] = shuffle_generator.get_state()
-    return state
-
-
-def _restore_rng_state(state: Mapping[str, Any], shuffle_generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"],
-                         numpy_state["cached_gaussian"]))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "shuffle" in state:
-        shuffle_generator.set_state(state["shuffle"])
-
-
-def save_checkpoint(method: AnomalyMethod, path: str | Path, *, epoch: int,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    history: Sequence[Mapping[str, Any]] | None = None,
-                    step: int | None = None, train_config: TrainConfig | None = None,
-                    shuffle_generator: torch.Generator | None = None,
-                    extra: Mapping[str, Any] | None = None,
-                    training: Mapping[str, Any] | None = None,
-                    trained_on: Sequence[str] | None = None) -> Path:
-    """Write a zsbench checkpoint of ``method``'s trainable state atomically; returns ``path``.
-
-    ``step`` (optimizer steps so far), ``train_config``, ``shuffle_generator`` (its state),
-    ``training`` (the training identity: :func:`zsbench.identity.train_identity`),
-    ``trained_on`` (auxiliary dataset names; None when unknown, e.g. an imported file) and
-    ``extra`` (JSON-like metadata, e.g. where an imported checkpoint came from) are recorded too.
-    """
-    name = method.info.name
-    backbone = method.backbone
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "zsbench_version": __version__,
-        "method": name,
-        "config": config_to_dict(method.config),
-        "config_hash": config_hash(name, method.config),
-        "backbone": {"name": getattr(backbone, "name", None),
-                     "pretrained": getattr(backbone, "pretrained", None),
-                     "weights_sha256": getattr(backbone, "weights_sha256", None)},
-        "epoch": int(epoch),
-        "step": None if step is None else int(step),
-        "history": [dict(entry) for entry in history or []],
-        "train_config": (None if train_config is None
-                         else json_ready(dataclasses.asdict(train_config))),
-        "extra": json_ready(dict(extra or {})),
-        "training": None if training is None else json_ready(dict(training)),
-        "trained_on": None if trained_on is None else [str(d) for d in trained_on],
-        "state_dict": {k: v.detach().cpu() for k, v in method.trainable_state_dict().items()},
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "rng": _rng_state(shuffle_generator),
-    }
-    path = torch_save(checkpoint, path)
-    logger.info("wrote checkpoint %s (%s, epoch %d)", path, name, epoch)
-    return path
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists, recursively (what a checkpoint's metadata may hold)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights_only errors have many types
-        raise ValueError(f"{path} is not a zsbench checkpoint: torch.load failed "
-                         f"({type(err).__name__}: {err})") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = (f"keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, dict)
-                 else type(checkpoint).__name__)
-        raise ValueError(f"{path} is not a zsbench checkpoint (found {found}); an upstream "
-                         f"checkpoint must be converted with `zsbench import-checkpoint`")
-    missing = [k for k in ("method", "config", "config_hash", "epoch", "state_dict")
-               if k not in checkpoint]
-    if missing:
-        raise ValueError(f"zsbench checkpoint {path} lacks {missing}")
-    return checkpoint
-
-
-def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """Everything a checkpoint records except the tensors: method, config, config_hash, epoch,
-    step, backbone, history, train_config, zsbench_version, extra."""
-    checkpoint = _read_checkpoint(path)
-    return {k: v for k, v in checkpoint.items() if k not in _STATE_KEYS}
-
-
-def _check_fits(method: AnomalyMethod, checkpoint: Mapping[str, Any], path: Path) -> None:
-    name = method.info.name
-    if checkpoint["method"] != name:
-        raise ValueError(f"checkpoint {path} is for method {checkpoint['method']!r}, not {name!r}")
-    own_hash = config_hash(name, method.config)
-    if checkpoint["config_hash"] != own_hash:
-        own = config_to_dict(method.config)
-        recorded = checkpoint["config"]
-        differing = sorted(k for k in set(own) | set(recorded) if own.get(k) != recorded.get(k))
-        raise ValueError(f"checkpoint {path} was trained with another {name} config (hash "
-                         f"{checkpoint['config_hash']}, this method {own_hash}); differing "
-                         f"options: {', '.join(differing) or '(none: format change)'}")
-
-
-def load_checkpoint_into(method: AnomalyMethod, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's trainable state into ``method`` (same method and config hash);
-    returns its metadata (see :func:`read_checkpoint_metadata`)."""
-    path = Path(path)
-    checkpoint = _read_checkpoint(path)
-    _check_fits(method, checkpoint, path)
-    try:
-        method.load_trainable_state_dict(checkpoint["state_dict"])
-    except (KeyError, ValueError) as err:
-        raise ValueError(f"checkpoint {path}: {err}") from err
-    logger.info("loaded %s (epoch %s) into %s", path, checkpoint["epoch"], method.info.name)
-    return {k: v for k, v in checkpoint.items() if k not in _STATE_KEYS}
-
-
-def config_from_dict(method_name: str, values: Mapping[str, Any]) -> MethodConfig:
-    """A method config from a recorded config dict (JSON lists back to tuples)."""
-    from zsbench.registry import METHODS
-
-    cls = METHODS.get(method_name)
-    defaults = cls.config_class()
-    restored = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(defaults, k, None), tuple)
-                else v for k, v in values.items()}
-    return make_config(cls, restored)
-
-
-def load_method_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                                backbone: torch.nn.Module | None = None) -> AnomalyMethod:
-    """Rebuild the recorded method with its recorded config, load the checkpoint, eval mode.
-
-    Without ``backbone`` it is loaded from the config; random weights (``pretrained`` none)
-    cannot be rebuilt, so pass the backbone the checkpoint was trained on."""
-    path = Path(path)
-    meta = read_checkpoint_metadata(path)
-    try:
-        config = config_from_dict(meta["method"], meta["config"])
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"checkpoint {path}: cannot rebuild the config of "
-                         f"{meta['method']!r}: {err}") from err
-    if backbone is None and config.pretrained is None:
-        logger.warning("checkpoint %s was trained on a random-weight backbone; rebuilding it "
-                       "gives different weights (pass backbone=)", path)
-    method = build_method(meta["method"], config, device=device, backbone=backbone)
-    load_checkpoint_into(method, path)
-    return method.eval()
-
-
-def _epoch_checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
-    """Epoch -> checkpoint file in ``checkpoint_dir``."""
-    if not checkpoint_dir.is_dir():
-        return {}
-    found = {}
-    for path in checkpoint_dir.iterdir():
-        match = _EPOCH_FILE.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -343,15 +166,12 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """The batch on ``device``; masks (uint8 from the loader) as float 0/1, as losses take."""
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+           for k, v in batch.items()}
+    if isinstance(out.get("mask"), torch.Tensor):
+        out["mask"] = out["mask"].float()
+    return out
 
 
 def _set_training_mode(method: AnomalyMethod) -> None:
@@ -373,7 +193,7 @@ def _check_same_training(path: Path, recorded: Mapping[str, Any] | None,
 
 
 def _prune_epoch_checkpoints(checkpoint_dir: Path, final_epoch: int) -> None:
-    for epoch, path in _epoch_checkpoints(checkpoint_dir).items():
+    for epoch, path in epoch_checkpoints(checkpoint_dir).items():
         if epoch != final_epoch:
             path.unlink(missing_ok=True)
 
@@ -395,6 +215,60 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     Python, NumPy and torch with ``config.seed`` (a resumed one restores their states). Steps
     run in :func:`training_precision`. The method is left in eval mode."""
     start_time = time.perf_counter()
+    job = _plan_training(method, datasets, config, checkpoint_dir, training, trained_on)
+    existing = epoch_checkpoints(job.checkpoint_dir) if job.checkpoint_dir else {}
+    reused = _reuse_final_checkpoint(job, existing)
+    if reused is not None:
+        reused.seconds = time.perf_counter() - start_time
+        return reused
+    _start_or_resume(job, existing, resume)
+    world = current_world()
+    batches = _RankSliceBatchSampler(RandomSampler(job.dataset, generator=job.shuffle_generator),
+                                     config.batch_size, world)
+    loader = DataLoader(job.dataset, batch_sampler=batches, num_workers=config.num_workers,
+                        pin_memory=job.device.type == "cuda")
+    last_checkpoint: Path | None = None
+    _set_training_mode(method)
+    try:
+        for epoch in range(job.first_epoch, job.final_epoch + 1):
+            job.history.append(_train_epoch(job, loader, batches, epoch, progress, world))
+            if job.checkpoint_dir is not None:
+                last_checkpoint = _save_epoch(job, epoch, world)
+        if job.checkpoint_dir is not None and not config.keep_epoch_checkpoints \
+                and world.is_main:
+            _prune_epoch_checkpoints(job.checkpoint_dir, job.final_epoch)
+    finally:
+        method.eval()
+    return TrainOutcome(last_checkpoint, job.final_epoch, job.history,
+                        time.perf_counter() - start_time)
+
+
+@dataclass
+class _TrainingJob:
+    """One call of :func:`train_method`: what is trained, how many steps, and where it stands."""
+
+    method: AnomalyMethod
+    config: TrainConfig
+    dataset: ConcatDataset
+    device: torch.device
+    precision: str
+    steps_per_epoch: int
+    total_steps: int
+    final_epoch: int
+    checkpoint_dir: Path | None
+    training: Mapping[str, Any] | None
+    trained_on: Sequence[str] | None
+    optimizer: torch.optim.Optimizer | None = None
+    shuffle_generator: torch.Generator | None = None
+    history: list[dict] = field(default_factory=list)
+    first_epoch: int = 1
+    step: int = 0
+
+
+def _plan_training(method: AnomalyMethod, datasets: Sequence[Any], config: TrainConfig,
+                   checkpoint_dir: Path | None, training: Mapping[str, Any] | None,
+                   trained_on: Sequence[str] | None) -> _TrainingJob:
+    """Check the settings, move the method to its device and count the steps."""
     name = method.info.name
     if not method.info.trainable:
         raise ValueError(f"method {name!r} is training-free: nothing to train")
@@ -412,94 +286,98 @@ def train_method(method: AnomalyMethod, datasets: Sequence[Any], config: TrainCo
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    final_epoch = math.ceil(total_steps / steps_per_epoch)
-    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+    return _TrainingJob(method, config, dataset, device, precision, steps_per_epoch, total_steps,
+                        math.ceil(total_steps / steps_per_epoch),
+                        None if checkpoint_dir is None else Path(checkpoint_dir), training,
+                        trained_on)
 
-    existing = _epoch_checkpoints(checkpoint_dir) if checkpoint_dir else {}
-    if final_epoch in existing:
-        meta = read_checkpoint_metadata(existing[final_epoch])
-        _check_same_training(existing[final_epoch], meta.get("training"), training)
-        if meta.get("step") in (None, total_steps):
-            load_checkpoint_into(method, existing[final_epoch])
-            method.eval()
-            logger.info("%s: final checkpoint %s exists, training skipped", name,
-                        existing[final_epoch])
-            return TrainOutcome(existing[final_epoch], final_epoch, list(meta["history"]),
-                                time.perf_counter() - start_time, reused=True)
 
-    optimizer = _optimizer(method, config)
-    shuffle_generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict] = []
-    first_epoch, step = 1, 0
-    resumable = sorted(e for e, path in existing.items() if e < final_epoch) if resume else []
-    if resumable:
-        path = existing[resumable[-1]]
-        checkpoint = _read_checkpoint(path)
-        _check_fits(method, checkpoint, path)
-        _check_same_training(path, checkpoint.get("training"), training)
-        if checkpoint.get("step") != resumable[-1] * steps_per_epoch:
-            raise ValueError(f"cannot resume from {path}: it holds {checkpoint.get('step')} "
-                             f"steps, not {resumable[-1]} full epochs of {steps_per_epoch} "
-                             f"(another dataset or batch size?)")
-        method.load_trainable_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        _restore_rng_state(checkpoint["rng"], shuffle_generator)
-        history = list(checkpoint["history"])
-        first_epoch, step = resumable[-1] + 1, checkpoint["step"]
-        logger.info("%s: resuming after epoch %d from %s", name, resumable[-1], path)
-    else:
+def _reuse_final_checkpoint(job: _TrainingJob, existing: Mapping[int, Path]
+                            ) -> TrainOutcome | None:
+    """The final epoch's checkpoint loaded into the method, when it exists, records the same
+    training identity and all the steps; None (train) otherwise."""
+    if job.final_epoch not in existing:
+        return None
+    path = existing[job.final_epoch]
+    meta = read_checkpoint_metadata(path)
+    _check_same_training(path, meta.get("training"), job.training)
+    if meta.get("step") not in (None, job.total_steps):
+        return None
+    load_checkpoint_into(job.method, path)
+    job.method.eval()
+    logger.info("%s: final checkpoint %s exists, training skipped", job.method.info.name, path)
+    return TrainOutcome(path, job.final_epoch, list(meta["history"]), reused=True)
+
+
+def _start_or_resume(job: _TrainingJob, existing: Mapping[int, Path], resume: bool) -> None:
+    """Create the optimizer and the shuffling generator; with ``resume`` restore them, the
+    trainable state, the RNGs and the history from the newest complete epoch, else seed."""
+    method, config, name = job.method, job.config, job.method.info.name
+    job.optimizer = _optimizer(method, config)
+    job.shuffle_generator = torch.Generator().manual_seed(config.seed)
+    resumable = sorted(e for e in existing if e < job.final_epoch) if resume else []
+    if not resumable:
         if existing:
             logger.info("%s: training from scratch over the checkpoints in %s (resume=False)",
-                        name, checkpoint_dir)
+                        name, job.checkpoint_dir)
         seed_everything(config.seed)
+        return
+    path = existing[resumable[-1]]
+    checkpoint = read_checkpoint(path)
+    check_fits(method, checkpoint, path)
+    _check_same_training(path, checkpoint.get("training"), job.training)
+    if checkpoint.get("step") != resumable[-1] * job.steps_per_epoch:
+        raise ValueError(f"cannot resume from {path}: it holds {checkpoint.get('step')} "
+                         f"steps, not {resumable[-1]} full epochs of {job.steps_per_epoch} "
+                         f"(another dataset or batch size?)")
+    method.load_trainable_state_dict(checkpoint["state_dict"])
+    job.optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_rng_state(checkpoint["rng"], job.shuffle_generator)
+    job.history = list(checkpoint["history"])
+    job.first_epoch, job.step = resumable[-1] + 1, checkpoint["step"]
+    logger.info("%s: resuming after epoch %d from %s", name, resumable[-1], path)
 
-    world = current_world()
-    batches = _RankSliceBatchSampler(RandomSampler(dataset, generator=shuffle_generator),
-                                     config.batch_size, world)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
-    last_checkpoint: Path | None = None
-    _set_training_mode(method)
-    try:
-        for epoch in range(first_epoch, final_epoch + 1):
-            epoch_start = time.perf_counter()
-            sums: dict[str, float] = {}
-            done = 0
-            for number, batch in enumerate(loader):
-                if step >= total_steps:
-                    break
-                weight = batches.weight(number, len(dataset))
-                values = _train_step(method, optimizer, _to_device(batch, device), precision,
-                                     device, weight)
-                if not math.isfinite(values["loss"]):
-                    raise FloatingPointError(f"{name}: loss became {values['loss']} at step "
-                                             f"{step + 1} (epoch {epoch})")
-                step += 1
-                done += 1
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                if progress is not None and world.is_main:
-                    progress(f"train {name} epoch {epoch}/{final_epoch} "
-                             f"loss {sums['loss'] / done:.4f}", step, total_steps)
-            record = {"epoch": epoch, "steps": done,
-                      **{k: v / max(done, 1) for k, v in sums.items()},
-                      "seconds": round(time.perf_counter() - epoch_start, 3)}
-            history.append(record)
-            logger.info("%s epoch %d/%d: %s", name, epoch, final_epoch,
-                        {k: round(v, 5) for k, v in record.items() if isinstance(v, float)})
-            if checkpoint_dir is not None:
-                last_checkpoint = epoch_checkpoint_path(checkpoint_dir, epoch)
-                if world.is_main:  # one writer; the others wait until the file is complete
-                    save_checkpoint(method, last_checkpoint, epoch=epoch, optimizer=optimizer,
-                                    history=history, step=step, train_config=config,
-                                    shuffle_generator=shuffle_generator, training=training,
-                                    trained_on=trained_on)
-                barrier()
-        if checkpoint_dir is not None and not config.keep_epoch_checkpoints and world.is_main:
-            _prune_epoch_checkpoints(checkpoint_dir, final_epoch)
-    finally:
-        method.eval()
-    return TrainOutcome(last_checkpoint, final_epoch, history, time.perf_counter() - start_time)
+
+def _train_epoch(job: _TrainingJob, loader: DataLoader, batches: _RankSliceBatchSampler,
+                 epoch: int, progress: ProgressCallback | None, world: WorldInfo
+                 ) -> dict[str, Any]:
+    """One epoch (or what is left of ``total_steps``); returns its history record."""
+    name, epoch_start = job.method.info.name, time.perf_counter()
+    sums: dict[str, float] = {}
+    done = 0
+    for number, batch in enumerate(loader):
+        if job.step >= job.total_steps:
+            break
+        weight = batches.weight(number, len(job.dataset))
+        values = _train_step(job.method, job.optimizer, _to_device(batch, job.device),
+                             job.precision, job.device, weight)
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"{name}: loss became {values['loss']} at step "
+                                     f"{job.step + 1} (epoch {epoch})")
+        job.step += 1
+        done += 1
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        if progress is not None and world.is_main:
+            progress(f"train {name} epoch {epoch}/{job.final_epoch} "
+                     f"loss {sums['loss'] / done:.4f}", job.step, job.total_steps)
+    record = {"epoch": epoch, "steps": done, **{k: v / max(done, 1) for k, v in sums.items()},
+              "seconds": round(time.perf_counter() - epoch_start, 3)}
+    logger.info("%s epoch %d/%d: %s", name, epoch, job.final_epoch,
+                {k: round(v, 5) for k, v in record.items() if isinstance(v, float)})
+    return record
+
+
+def _save_epoch(job: _TrainingJob, epoch: int, world: WorldInfo) -> Path:
+    """Write the epoch's checkpoint (rank 0; the others wait until it is complete)."""
+    path = epoch_checkpoint_path(job.checkpoint_dir, epoch)
+    if world.is_main:
+        save_checkpoint(job.method, path, epoch=epoch, optimizer=job.optimizer,
+                        history=job.history, step=job.step, train_config=job.config,
+                        shuffle_generator=job.shuffle_generator, training=job.training,
+                        trained_on=job.trained_on)
+    barrier()
+    return path
 
 
 class _RankSliceBatchSampler(Sampler[list[int]]):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import logging
 import os
 import socket
@@ -36,6 +35,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from zsbench.backbone.backbone import POS_EMBED_INTERPOLATIONS, PRECISIONS, Backbone
 from zsbench.errors import ResourceUnavailableError
+from zsbench.provenance import sha256_file as file_sha256  # re-exported (public name)
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +65,6 @@ def register_model_configs() -> None:
     if not _configs_registered:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _configs_registered = True
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _looks_like_path(value: str) -> bool:
@@ -362,6 +353,23 @@ def _has_openai_weights(name: str) -> bool:
                for candidate in {name, _base_name(name), _base_name(name) + QUICKGELU_SUFFIX})
 
 
+def _weights_activation(name: str, tag: str | None, tag_config: Mapping[str, Any] | None,
+                        weights_file: str | os.PathLike[str] | None,
+                        file_info: WeightsFileInfo | None) -> tuple[bool | None, bool, str]:
+    """What the weights need: ``(quick_gelu or None when unknown, certain, their source)``
+    (the order of evidence of :func:`plan_activation`)."""
+    if tag_config:
+        return bool(tag_config.get("quick_gelu", False)), True, f"pretrained tag {tag!r}"
+    if file_info is not None and weights_file is not None:
+        source = file_info.describe(weights_file)
+        if file_info.openai_release:
+            return True, True, source
+        if file_info.openai_layout and _has_openai_weights(name):
+            return True, False, source
+        return None, False, source
+    return None, False, ""
+
+
 def plan_activation(name: str, config: Mapping[str, Any], *, tag: str | None = None,
                     tag_config: Mapping[str, Any] | None = None,
                     weights_file: str | os.PathLike[str] | None = None,
@@ -385,18 +393,7 @@ def plan_activation(name: str, config: Mapping[str, Any], *, tag: str | None = N
     ``force_quick_gelu``) and the plan carries a note saying so. When the weights need GELU but
     the config has QuickGELU (a ``-quickgelu`` name), it is a ``ValueError`` naming both."""
     model_quick_gelu = bool(config.get("quick_gelu", False))
-    needed: bool | None = None
-    certain = False
-    source = ""
-    if tag_config:
-        needed, certain = bool(tag_config.get("quick_gelu", False)), True
-        source = f"pretrained tag {tag!r}"
-    elif file_info is not None and weights_file is not None:
-        source = file_info.describe(weights_file)
-        if file_info.openai_release:
-            needed, certain = True, True
-        elif file_info.openai_layout and _has_openai_weights(name):
-            needed = True
+    needed, certain, source = _weights_activation(name, tag, tag_config, weights_file, file_info)
     activation = {True: "QuickGELU", False: "GELU"}
     if quick_gelu is not None:
         if certain and bool(quick_gelu) != needed:

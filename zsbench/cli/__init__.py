@@ -12,7 +12,17 @@ import typer
 from rich.logging import RichHandler
 
 from zsbench import __version__
-from zsbench.cli import data, leaderboard, methods, predict, protocols, results, run, sweep
+from zsbench.cli import (
+    data,
+    evidence,
+    leaderboard,
+    methods,
+    predict,
+    protocols,
+    results,
+    run,
+    sweep,
+)
 from zsbench.cli.console import App
 
 app = App(
@@ -31,6 +41,7 @@ app.add_typer(leaderboard.app, name="leaderboard")
 run.register(app)
 predict.register(app)
 sweep.register(app)
+evidence.register(app)
 leaderboard.register_submit(app)
 
 

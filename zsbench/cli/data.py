@@ -33,7 +33,7 @@ def list_datasets(as_json: bool = typer.Option(False, "--json", help="Print JSON
                                      "license", "re-host"],
                 ([r["name"], r["title"], r["domain"], len(r["categories"]), r["has_masks"],
                   r["has_normals"], r["license"], r["rehostable"]] for r in rows),
-                keep=["name"], optional=["license", "normals", "re-host"])
+                keep=["name"], optional=["title", "normals", "categories"])
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -101,210 +102,296 @@ PRECISION_HELP = ("fp32 (default, as upstream), bf16 or fp16 autocast (fp16: CUD
                   "recorded in the result and part of its identity.")
 
 
-def register(app: App) -> None:
-    """Add the top-level job commands to ``app``."""
+# -- option types shared by the commands (name, default, help and validation exactly once) ------
 
-    @app.command("run")
-    def run_cmd(
-        method: str = typer.Option(..., "--method", "-m", help="Method name (zsbench methods "
-                                   "list)."),
-        protocol: str = typer.Option("paper", "--protocol", "-p",
-                                     help="Protocol id, e.g. 'mvtec->all', 'visa->mvtec', "
-                                          "'none->all', 'paper'."),
-        data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="Folder of prepared datasets "
-                                      "(zsbench data prepare); env ZSBENCH_DATA_DIR."),
-        output_dir: Path = typer.Option(Path("results"), "--output-dir", "-o",
-                                        help="Where result JSONs (and checkpoints) go."),
-        device: str | None = typer.Option(None, "--device", callback=check_device,
-                                          help="cpu, cuda, cuda:1 or mps (default: cuda when "
-                                          "available)."),
-        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Evaluation batch size."),
-        num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader workers."),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Images per category (a "
-                                         "stratified seeded subset), for smoke runs."),
-        resolution: int | None = typer.Option(None, "--resolution", min=1, help="Evaluation "
-                                              "resolution (default: the protocol's, 518)."),
-        seed: int | None = typer.Option(None, "--seed", min=0,
-                                        help="Seed (default: the protocol's)."),
-        skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip targets whose "
-                                           "result JSON exists (resumable sweeps)."),
-        save_maps: int = typer.Option(0, "--save-maps", min=0, help="Overlay PNGs per category."),
-        sets: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
-                                              help="Method config KEY=VALUE "
-                                              "(repeatable; see zsbench methods info)."),
-        backbone: str | None = typer.Option(None, "--backbone", help="open_clip model name."),
-        pretrained: str | None = typer.Option(None, "--pretrained", help="open_clip tag, local "
-                                              "weights file, or 'none' for random weights."),
-        image_size: int | None = typer.Option(None, "--image-size", min=1,
-                                              help="Model input size."),
-        epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (15)."),
-        lr: float | None = typer.Option(None, "--lr", callback=_positive,
-                                        help="Learning rate (1e-3)."),
-        train_batch_size: int | None = typer.Option(None, "--train-batch-size", min=1,
-                                                    help="Training batch size (8)."),
-        checkpoint_dir: Path | None = typer.Option(None, "--checkpoint-dir", help="Where "
-                                                   "epoch checkpoints go."),
-        resume: bool = typer.Option(False, "--resume", help="Resume training from the newest "
-                                    "epoch checkpoint."),
-        preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
-        precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
-        skip_missing: bool = typer.Option(False, "--skip-missing", help="Run the prepared "
-                                          "targets and list the missing ones (default: refuse "
-                                          "before any work, listing them)."),
-    ) -> None:
-        """Train (trainable methods) and evaluate a method on a protocol, writing one result
-        JSON per target dataset."""
-        from zsbench.runner import RunOptions
+Method = Annotated[str, typer.Option("--method", "-m", help="Method name (zsbench methods list).")]
+Device = Annotated[str | None, typer.Option("--device", callback=check_device,
+                                            help="cpu, cuda, cuda:1 or mps.")]
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                help="Method config KEY=VALUE.")]
+BackboneName = Annotated[str | None, typer.Option("--backbone", help="open_clip model name.")]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Tag, file or 'none'.")]
+PretrainedAny = Annotated[str | None, typer.Option(
+    "--pretrained", help="open_clip tag, local weights file, or 'none' for random weights.")]
+ImageSize = Annotated[int | None, typer.Option("--image-size", min=1, help="Model input size.")]
+Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (15).")]
+LearningRate = Annotated[float | None, typer.Option("--lr", callback=_positive,
+                                                    help="Learning rate (1e-3).")]
+TrainBatchSize = Annotated[int | None, typer.Option("--train-batch-size", min=1,
+                                                    help="Training batch size (8).")]
+Preset = Annotated[str | None, typer.Option("--preset", help=PRESET_HELP)]
+Precision = Annotated[str | None, typer.Option("--precision", help=PRECISION_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")]
+def _check_save_maps(value: str) -> str:
+    if value != "all" and not (value.isdigit()):
+        raise typer.BadParameter(f"expects a number of overlays per category or 'all', got "
+                                 f"{value!r}")
+    return value
 
-        _check_sets(method, _parse_sets(sets))
+
+SaveMaps = Annotated[str, typer.Option(
+    "--save-maps", metavar="N|all", callback=_check_save_maps,
+    help="Overlay PNGs per category (on one colour scale per dataset), or 'all': every image's "
+         "score and map stored beside the result for zsbench rescore/compare (+4 overlays).")]
+Bootstrap = Annotated[int, typer.Option(
+    "--bootstrap", min=0, metavar="N", help="Bootstrap replicates of 95 % intervals for every "
+                                            "metric (0: none; 1000 is usual).")]
+Cost = Annotated[bool, typer.Option(
+    "--cost/--no-cost", help="Measure latency, throughput, peak memory and FLOPs into the "
+                             "result.")]
+
+#: help of --device where the default is the best available device (run, predict)
+AUTO_DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)."
+
+
+def run_cmd(
+    method: Method,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", "-p", help="Protocol id, e.g. 'mvtec->all', 'visa->mvtec', 'none->all', "
+                                 "'paper'.")] = "paper",
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="Folder of prepared datasets (zsbench data prepare); env "
+                           "ZSBENCH_DATA_DIR.")] = DATA_DIR,
+    output_dir: Annotated[Path, typer.Option(
+        "--output-dir", "-o", help="Where result JSONs (and checkpoints) go.")] = Path("results"),
+    device: Annotated[str | None, typer.Option("--device", callback=check_device,
+                                               help=AUTO_DEVICE_HELP)] = None,
+    batch_size: BatchSize = 8,
+    num_workers: Annotated[int | None, typer.Option(
+        "--num-workers", min=0, help="DataLoader workers decoding ahead of the forward "
+                                     "(default: min(8, cores - 1); env ZSBENCH_NUM_WORKERS).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Images per category (a stratified seeded subset), for smoke "
+                               "runs.")] = None,
+    resolution: Annotated[int | None, typer.Option(
+        "--resolution", min=1, help="Evaluation resolution (default: the protocol's, "
+                                    "518).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0,
+                                             help="Seed (default: the protocol's).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        "--seeds", metavar="S1,S2,...", help="Run once per seed (training included), e.g. "
+                                             "111,112,113; the leaderboard shows mean +- std.")
+    ] = None,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Skip targets whose result JSON exists (resumable "
+                                "sweeps).")] = False,
+    save_maps: SaveMaps = "0",
+    bootstrap: Bootstrap = 0,
+    cost: Cost = True,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Method config KEY=VALUE (repeatable; see zsbench "
+                                           "methods info).")] = None,
+    backbone: BackboneName = None,
+    pretrained: PretrainedAny = None,
+    image_size: ImageSize = None,
+    epochs: Epochs = None,
+    lr: LearningRate = None,
+    train_batch_size: TrainBatchSize = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        "--checkpoint-dir", help="Where epoch checkpoints go.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Resume training from the newest epoch checkpoint.")] = False,
+    preset: Preset = None,
+    precision: Precision = None,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Run the prepared targets and list the missing ones (default: "
+                               "refuse before any work, listing them).")] = False,
+) -> None:
+    """Train (trainable methods) and evaluate a method on a protocol, writing one result
+    JSON per target dataset."""
+    from zsbench.evaluate import default_num_workers
+    from zsbench.runner import RunOptions
+
+    _check_sets(method, _parse_sets(sets))
+    outcomes = []
+    for one_seed in _seed_list(seed, seeds):
         options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
-                             batch_size=batch_size, num_workers=num_workers, limit=limit,
-                             resolution=resolution, seed=seed, skip_existing=skip_existing,
-                             save_maps=save_maps, checkpoint_dir=checkpoint_dir, resume=resume,
+                             batch_size=batch_size, limit=limit,
+                             num_workers=default_num_workers() if num_workers is None
+                             else num_workers,
+                             resolution=resolution, seed=one_seed, skip_existing=skip_existing,
+                             save_maps=save_maps, bootstrap=bootstrap, cost=cost,
+                             checkpoint_dir=checkpoint_dir, resume=resume,
                              skip_missing=skip_missing,
                              train_overrides=_train_overrides(epochs, lr, train_batch_size))
-        outcomes = _run_library(
-            method, protocol, _method_overrides(sets, backbone, pretrained, image_size, precision),
-            options, preset=preset)
-        _report(outcomes)
+        outcomes += _run_library(
+            method, protocol, _method_overrides(sets, backbone, pretrained, image_size,
+                                                precision), options, preset=preset)
+    _report(outcomes)
 
-    @app.command("train")
-    def train_cmd(
-        method: str = typer.Option(..., "--method", "-m", help="A trainable method."),
-        protocol: str = typer.Option("mvtec->all", "--protocol", "-p", help="Protocol whose "
-                                     "auxiliary datasets are trained on."),
-        data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="Folder of prepared "
-                                      "datasets."),
-        output_dir: Path = typer.Option(Path("checkpoints"), "--output-dir", "-o",
-                                        help="Checkpoint folder."),
-        device: str | None = typer.Option(None, "--device", callback=check_device,
-                                          help="cpu, cuda, cuda:1 or mps."),
-        sets: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
-                                              help="Method config KEY=VALUE."),
-        backbone: str | None = typer.Option(None, "--backbone", help="open_clip model name."),
-        pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, file or 'none'."),
-        image_size: int | None = typer.Option(None, "--image-size", min=1,
-                                              help="Model input size."),
-        epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (15)."),
-        lr: float | None = typer.Option(None, "--lr", callback=_positive,
-                                        help="Learning rate (1e-3)."),
-        train_batch_size: int | None = typer.Option(None, "--train-batch-size", min=1,
-                                                    help="Training batch size (8)."),
-        resume: bool = typer.Option(False, "--resume", help="Resume from the newest epoch."),
-        seed: int | None = typer.Option(None, "--seed", help="Seed (default: the protocol's)."),
-        preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
-        precision: str | None = typer.Option(None, "--precision", help=PRECISION_HELP),
-    ) -> None:
-        """Train a method on a protocol's auxiliary data only; prints the checkpoint path."""
-        from zsbench.runner import train_only
 
-        _check_sets(method, _parse_sets(sets))
-        with ProgressBars() as bars:
-            paths = train_only(
-                method, protocol,
-                _method_overrides(sets, backbone, pretrained, image_size, precision),
-                data_dir=data_dir, checkpoint_dir=output_dir, device=_device(device),
-                resume=resume, train_overrides=_train_overrides(epochs, lr, train_batch_size),
-                progress=bars, preset=preset, seed=seed)
-        for train_sets, path in paths.items():
-            console.print(f"trained on {'+'.join(train_sets)}: {path}", highlight=False)
+def _seed_list(seed: int | None, seeds: str | None) -> list[int | None]:
+    """``--seed`` or ``--seeds S1,S2`` (not both) as the seeds to run."""
+    if seeds is None:
+        return [seed]
+    if seed is not None:
+        fail("give --seed or --seeds, not both")
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds expects comma-separated integers such as 111,112,113, got {seeds!r}")
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        fail(f"--seeds expects distinct non-negative integers, got {seeds!r}")
+    return values
 
-    @app.command("evaluate")
-    def evaluate_cmd(
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A zsbench checkpoint "
-                                        "(zsbench train, or import-checkpoint)."),
-        protocol: str = typer.Option(..., "--protocol", "-p", help="Protocol whose targets are "
-                                     "evaluated, e.g. 'visa->mvtec'."),
-        data_dir: Path = typer.Option(DATA_DIR, "--data-dir", help="Prepared datasets."),
-        output_dir: Path = typer.Option(Path("results"), "--output-dir", "-o",
-                                        help="Result JSON folder."),
-        device: str | None = typer.Option(None, "--device", callback=check_device,
-                                          help="cpu, cuda, cuda:1 or mps."),
-        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Evaluation batch size."),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Images per category."),
-        resolution: int | None = typer.Option(None, "--resolution", min=1, help="Evaluation "
-                                              "resolution."),
-        skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip done targets."),
-        save_maps: int = typer.Option(0, "--save-maps", min=0, help="Overlay PNGs per category."),
-    ) -> None:
-        """Evaluate a trained checkpoint on a protocol's targets (no training)."""
-        from zsbench.runner import RunOptions, checkpoint_method
 
-        method, config = checkpoint_method(checkpoint)
-        options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
-                             batch_size=batch_size, limit=limit, resolution=resolution,
-                             skip_existing=skip_existing, save_maps=save_maps,
-                             checkpoint=checkpoint)
-        _report(_run_library(method, protocol, config, options))
+def train_cmd(
+    method: Annotated[str, typer.Option("--method", "-m", help="A trainable method.")],
+    protocol: Annotated[str, typer.Option(
+        "--protocol", "-p", help="Protocol whose auxiliary datasets are trained on.")
+    ] = "mvtec->all",
+    data_dir: Annotated[Path, typer.Option("--data-dir",
+                                           help="Folder of prepared datasets.")] = DATA_DIR,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                             help="Checkpoint folder.")] = Path("checkpoints"),
+    device: Device = None,
+    sets: Sets = None,
+    backbone: BackboneName = None,
+    pretrained: Pretrained = None,
+    image_size: ImageSize = None,
+    epochs: Epochs = None,
+    lr: LearningRate = None,
+    train_batch_size: TrainBatchSize = None,
+    resume: Annotated[bool, typer.Option("--resume",
+                                         help="Resume from the newest epoch.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed",
+                                             help="Seed (default: the protocol's).")] = None,
+    preset: Preset = None,
+    precision: Precision = None,
+) -> None:
+    """Train a method on a protocol's auxiliary data only; prints the checkpoint path."""
+    from zsbench.runner import train_only
 
-    @app.command("import-checkpoint")
-    def import_checkpoint_cmd(
-        file: Path = typer.Argument(..., help="Upstream checkpoint file (e.g. AnomalyCLIP's "
-                                    "epoch_15.pth, APRIL-GAN's adapter)."),
-        method: str = typer.Option(..., "--method", "-m", help="A method that imports "
-                                   "upstream checkpoints: anomalyclip, april_gan, faprompt, "
-                                   "tps."),
-        preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
-        out: Path = typer.Option(..., "--out", help="Where the zsbench checkpoint is written."),
-        sets: list[str] | None = typer.Option(None, "--set", metavar="KEY=VALUE",
-                                              help="Method config KEY=VALUE."),
-        backbone: str | None = typer.Option(None, "--backbone", help="open_clip model name."),
-        pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, file or 'none'."),
-        trained_on: str | None = typer.Option(None, "--trained-on", help="Auxiliary datasets "
-                                              "the file was trained on, e.g. 'visa' or "
-                                              "'mvtec+visa' (recorded; evaluating it under a "
-                                              "protocol that trains on other data is refused)."),
-    ) -> None:
-        """Convert a released upstream checkpoint into a zsbench checkpoint."""
-        from zsbench.checkpoint_import import import_checkpoint
+    _check_sets(method, _parse_sets(sets))
+    with ProgressBars() as bars:
+        paths = train_only(
+            method, protocol,
+            _method_overrides(sets, backbone, pretrained, image_size, precision),
+            data_dir=data_dir, checkpoint_dir=output_dir, device=_device(device),
+            resume=resume, train_overrides=_train_overrides(epochs, lr, train_batch_size),
+            progress=bars, preset=preset, seed=seed)
+    for train_sets, path in paths.items():
+        console.print(f"trained on {'+'.join(train_sets)}: {path}", highlight=False)
 
-        if not file.is_file():
-            fail(f"checkpoint file not found: {file}")
-        _check_sets(method, _parse_sets(sets))
-        from zsbench.method import make_config
 
-        config = make_config(method, _method_overrides(sets, backbone, pretrained, None),
-                             preset=preset)
-        path = import_checkpoint(method, file, out, config,
-                                 trained_on=trained_on.split("+") if trained_on else None)
-        console.print(f"wrote {path}; evaluate with: zsbench evaluate --checkpoint {path} "
-                      f"--protocol 'visa->mvtec'", highlight=False)
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", "-c", help="A zsbench checkpoint (zsbench train, or "
+                                   "import-checkpoint).")],
+    protocol: Annotated[str, typer.Option(
+        "--protocol", "-p", help="Protocol whose targets are evaluated, e.g. "
+                                 "'visa->mvtec'.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Prepared datasets.")] = DATA_DIR,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                             help="Result JSON folder.")] = Path("results"),
+    device: Device = None,
+    batch_size: BatchSize = 8,
+    limit: Annotated[int | None, typer.Option("--limit", min=1,
+                                              help="Images per category.")] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=1,
+                                                   help="Evaluation resolution.")] = None,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing",
+                                                help="Skip done targets.")] = False,
+    save_maps: SaveMaps = "0",
+    bootstrap: Bootstrap = 0,
+    cost: Cost = True,
+) -> None:
+    """Evaluate a trained checkpoint on a protocol's targets (no training)."""
+    from zsbench.runner import RunOptions, checkpoint_method
 
-    @app.command("demo")
-    def demo_cmd(
-        out: Path = typer.Option(Path("zsbench-demo"), "--out", help="Demo output folder."),
-        methods: list[str] | None = typer.Option(None, "--method", "-m", help="Only these "
-                                                 "methods (repeatable; default: all)."),
-        epochs: int = typer.Option(15, "--epochs", min=1,
-                                   help="Training epochs of trainable methods."),
-        threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (the tiny "
-                                    "backbone runs fastest single-threaded)."),
-    ) -> None:
-        """Offline demo: synthetic datasets, a tiny random backbone, every method, the site."""
-        import torch
+    method, config = checkpoint_method(checkpoint)
+    options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
+                         batch_size=batch_size, limit=limit, resolution=resolution,
+                         skip_existing=skip_existing, save_maps=save_maps,
+                         bootstrap=bootstrap, cost=cost, checkpoint=checkpoint)
+    _report(_run_library(method, protocol, config, options))
 
-        from zsbench.demo import REAL_WEIGHTS_COMMAND, run_demo
-        from zsbench.results import load_results, results_table
 
-        torch.set_num_threads(max(1, threads))
+def import_checkpoint_cmd(
+    file: Annotated[Path, typer.Argument(help="Upstream checkpoint file (e.g. AnomalyCLIP's "
+                                              "epoch_15.pth, APRIL-GAN's adapter).")],
+    method: Annotated[str, typer.Option(
+        "--method", "-m", help="A method that imports upstream checkpoints: anomalyclip, "
+                               "april_gan, faprompt, tps.")],
+    preset: Preset = None,
+    *,
+    out: Annotated[Path, typer.Option("--out",
+                                      help="Where the zsbench checkpoint is written.")],
+    sets: Sets = None,
+    backbone: BackboneName = None,
+    pretrained: Pretrained = None,
+    trained_on: Annotated[str | None, typer.Option(
+        "--trained-on", help="Auxiliary datasets the file was trained on, e.g. 'visa' or "
+                             "'mvtec+visa' (recorded; evaluating it under a protocol that "
+                             "trains on other data is refused).")] = None,
+) -> None:
+    """Convert a released upstream checkpoint into a zsbench checkpoint."""
+    from zsbench.checkpoint_import import import_checkpoint
 
-        console.print("[bold]zsbench demo[/]: two synthetic datasets in the MVTec layout, a tiny "
-                      "backbone with [bold red]random weights[/]. The numbers below are a smoke "
-                      "test of the pipeline, not measurements of the methods.")
-        with ProgressBars() as bars:
-            outcome = run_demo(out, methods, epochs=epochs, progress=bars)
-        results, _ = load_results(outcome.result_files)
-        for metric in ("image_auroc", "pixel_auroc"):
-            frame = results_table(results, metric).reset_index()
-            print_table(f"{metric} (%) on synthetic_b", list(frame.columns),
-                        ([*(r[:4]), *(f"{v:.1f}" if v == v else None for v in r[4:])]
-                         for r in frame.itertuples(index=False)))
-        for name, err in outcome.failures.items():
-            console.print(f"[red]{name} failed:[/] {err}", highlight=False)
-        console.print(f"results: {outcome.results_dir}", highlight=False)
-        if outcome.site:
-            console.print(f"leaderboard: {outcome.site / 'index.html'}", highlight=False)
-        console.print(f"finished in {outcome.seconds:.0f} s. With real CLIP weights and prepared "
-                      f"datasets:\n  {REAL_WEIGHTS_COMMAND}", highlight=False)
-        if outcome.failures:
-            raise typer.Exit(1)
+    if not file.is_file():
+        fail(f"checkpoint file not found: {file}")
+    _check_sets(method, _parse_sets(sets))
+    from zsbench.method import make_config
+
+    config = make_config(method, _method_overrides(sets, backbone, pretrained, None),
+                         preset=preset)
+    path = import_checkpoint(method, file, out, config,
+                             trained_on=trained_on.split("+") if trained_on else None)
+    console.print(f"wrote {path}; evaluate with: zsbench evaluate --checkpoint {path} "
+                  f"--protocol 'visa->mvtec'", highlight=False)
+
+
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Demo output folder.")] = Path("zsbench-demo"),
+    methods: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="Only these methods (repeatable; default: all).")] = None,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, help="Training epochs of trainable methods.")] = 15,
+    threads: Annotated[int, typer.Option(
+        "--threads", min=1, help="torch CPU threads (the tiny backbone runs fastest "
+                                 "single-threaded).")] = 1,
+) -> None:
+    """Offline demo: synthetic datasets, a tiny random backbone, every method, the site."""
+    import torch
+
+    from zsbench.demo import run_demo
+
+    torch.set_num_threads(max(1, threads))
+    console.print("[bold]zsbench demo[/]: two synthetic datasets in the MVTec layout, a tiny "
+                  "backbone with [bold red]random weights[/]. The numbers below are a smoke "
+                  "test of the pipeline, not measurements of the methods.")
+    with ProgressBars() as bars:
+        outcome = run_demo(out, methods, epochs=epochs, progress=bars)
+    _report_demo(outcome)
+    if outcome.failures:
+        raise typer.Exit(1)
+
+
+def _report_demo(outcome: Any) -> None:
+    """The demo's tables, failures and where its results and site are."""
+    from zsbench.demo import REAL_WEIGHTS_COMMAND
+    from zsbench.results import load_results, results_table
+
+    results, _ = load_results(outcome.result_files)
+    for metric in ("image_auroc", "pixel_auroc"):
+        frame = results_table(results, metric).reset_index()
+        print_table(f"{metric} (%) on synthetic_b", list(frame.columns),
+                    ([*(r[:4]), *(f"{v:.1f}" if v == v else None for v in r[4:])]
+                     for r in frame.itertuples(index=False)))
+    for name, err in outcome.failures.items():
+        console.print(f"[red]{name} failed:[/] {err}", highlight=False)
+    console.print(f"results: {outcome.results_dir}", highlight=False)
+    if outcome.site:
+        console.print(f"leaderboard: {outcome.site / 'index.html'}", highlight=False)
+    console.print(f"finished in {outcome.seconds:.0f} s. With real CLIP weights and prepared "
+                  f"datasets:\n  {REAL_WEIGHTS_COMMAND}", highlight=False)
+
+
+def register(app: App) -> None:
+    """Add the top-level job commands to ``app`` (its wrapper maps user errors to messages)."""
+    app.command("run")(run_cmd)
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("import-checkpoint")(import_checkpoint_cmd)
+    app.command("demo")(demo_cmd)

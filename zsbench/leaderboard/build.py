@@ -18,16 +18,10 @@ from typing import Any
 from zsbench import atomic
 from zsbench.atomic import ensure_writable_dir
 from zsbench.errors import ConfigError
-from zsbench.leaderboard.checks import (
-    SampleError,
-    empty_reason,
-    non_finite_fields,
-    resolve_sample,
-    smoke_reason,
-)
+from zsbench.leaderboard.checks import SampleError, resolve_sample, smoke_reason
 from zsbench.leaderboard.reported import load_reported
-from zsbench.leaderboard.site_data import build_site_data
-from zsbench.results import load_results
+from zsbench.leaderboard.site_data import build_site_data, reproduced_row_id
+from zsbench.results import empty_reason, load_results, non_finite_fields
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +119,10 @@ def _copy_gallery(results: Sequence[dict[str, Any]], site: Path,
             images.append({"src": target.as_posix(), "caption": Path(relative).stem})
         if images:
             gallery.append({
-                "row_id": (f"reproduced/{result['method']}/{result['config_hash']}/"
-                           f"{result['protocol']['id']}"),
+                "row_id": reproduced_row_id(result),
                 "method": result["method"], "dataset": result["dataset"]["name"],
                 "protocol": result["protocol"]["id"], "config_hash": result["config_hash"],
+                "seed": result.get("seed"), "scale": result.get("samples_scale"),
                 "images": images})
     return gallery
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zsbench.results import empty_reason, non_finite_fields
-
-__all__ = ["empty_reason", "non_finite_fields", "resolve_sample", "smoke_reason"]
+__all__ = ["resolve_sample", "smoke_reason"]
 
 GALLERY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from zsbench import atomic
 from zsbench.errors import DataError
-from zsbench.leaderboard.catalog import DATASET_BY_ID, DATASETS, dataset_id
+from zsbench.leaderboard.catalog import dataset_by_id, dataset_entries, dataset_id
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def _faprompt_rows(path: Path) -> list[ReportedValue]:
     for line, row in _read_csv(path, ("dataset", "domain", "method", "level", "metric", "value")):
         where = f"{path}:{line}"
         dataset = _dataset(row["dataset"], where)
-        if row["domain"] != DATASET_BY_ID[dataset].domain:
+        if row["domain"] != dataset_by_id()[dataset].domain:
             raise ReportedDataError(f"{where}: field domain: {row['domain']!r} disagrees with "
-                                    f"{DATASET_BY_ID[dataset].domain!r} for {dataset}")
+                                    f"{dataset_by_id()[dataset].domain!r} for {dataset}")
         metric = _METRIC_BY_LEVEL.get((row["level"], row["metric"]))
         if metric is None:
             raise ReportedDataError(f"{where}: fields level/metric: unknown pair "
@@ -172,7 +172,7 @@ def _other_rows(path: Path) -> list[ReportedValue]:
                                     f"{row['level']!r}/{row['metric']!r}")
         trained_on, protocol = paper_protocol(dataset)
         values.append(ReportedValue(source_id, SOURCES[source_id].label, table, row["method"],
-                                    dataset, DATASET_BY_ID[dataset].domain, row["level"], metric,
+                                    dataset, dataset_by_id()[dataset].domain, row["level"], metric,
                                     _check_number(row["value"], where), trained_on, protocol))
     return values
 
@@ -189,7 +189,7 @@ def _log_rows(path: Path) -> list[ReportedValue]:
         for column, (level, metric) in _LOG_COLUMNS.items():
             values.append(ReportedValue(
                 source.id, source.label, "zero_shot/log.txt", "AnomalyCLIP", dataset,
-                DATASET_BY_ID[dataset].domain, level, metric,
+                dataset_by_id()[dataset].domain, level, metric,
                 _check_number(row[column], f"{where} ({column})"), trained_on,
                 f"{trained_on}->{dataset}", row["category"]))
     return values
@@ -257,7 +257,8 @@ def _readme_text(values: list[ReportedValue]) -> str:
     lines += ["", "## Dataset names", "", "| name in the papers | zsbench id | domain |",
               "|---|---|---|"]
     used = {v.dataset for v in values}
-    lines += [f"| {d.paper_name} | `{d.id}` | {d.domain} |" for d in DATASETS if d.id in used]
+    lines += [f"| {d.paper_name} | `{d.id}` | {d.domain} |" for d in dataset_entries()
+              if d.id in used]
     return "\n".join(lines) + "\n"
 
 
@@ -284,7 +285,7 @@ def load_reported(reported_dir: str | Path | None = None) -> list[ReportedValue]
     values = []
     for line, row in _read_csv(path, COLUMNS):
         where = f"{path}:{line}"
-        if row["dataset"] not in DATASET_BY_ID:
+        if row["dataset"] not in dataset_by_id():
             raise ReportedDataError(f"{where}: field dataset: unknown id {row['dataset']!r}")
         for column in ("source_id", "method", "metric"):
             if not row[column]:

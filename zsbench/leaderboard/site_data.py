@@ -1,6 +1,9 @@
 """The leaderboard's data model: reported values and reproduced result JSONs -> one JSON-ready
-dict that the static page renders (rows, cells with provenance, summaries, comparisons,
-per-category drill-down).
+dict that the static page renders (rows, cells with provenance, comparisons, per-category
+drill-down). Means and mean ranks are computed where they are shown, by the page's table model
+(``assets/table.js``) for the filters a reader picks; :func:`summarize` is the same
+computation in Python (the reference the browser test checks the page against, and for
+scripts reading ``data.json``).
 
 All values in the model are percentages. A missing value is absent (never 0) and is left out
 of means and ranks.
@@ -9,17 +12,18 @@ of means and ranks.
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zsbench import __version__
+from zsbench.identity import canonical_hash
 from zsbench.leaderboard.catalog import (
-    DATASET_BY_ID,
-    DATASETS,
     METRICS,
     TRAINING_FREE_METHODS,
     dataset_domain,
+    dataset_entries,
     dataset_title,
     method_key,
 )
@@ -28,6 +32,9 @@ from zsbench.leaderboard.reported import ReportedValue
 logger = logging.getLogger(__name__)
 
 PERCENT_DIGITS = 6  # reproduced fractions -> percent, rounded to hide float noise
+#: the numeric fields of a result's ``cost`` (zsbench.cost.method_cost) a row shows
+COST_FIELDS = ("latency_batch1_ms", "throughput_images_per_s", "peak_memory_bytes",
+               "flops_per_image", "trainable_parameters", "training_time_s")
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,50 @@ def summarize(rows: Sequence[dict[str, Any]], metric: str,
     return out
 
 
+def page_summary(data: dict[str, Any], metric: str
+                 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """What the page shows for ``metric`` with no filter set, from a built ``data`` dict: the
+    common datasets of the ranking and, per row id, ``{mean, mean_rank, count, ranked}``.
+
+    Its columns are the datasets with a value for ``metric``; means and ranks are over their
+    :func:`summary_datasets` (as ``ZS.table.tableModel`` in ``assets/table.js``)."""
+    rows = data["rows"]
+    shown = [d for d in data["datasets"] if _covered_by_any(rows, metric, d["id"])]
+    ids = summary_datasets(shown)
+    return (common_datasets(rows, metric, ids),
+            {row_id: dict(s.__dict__) for row_id, s in summarize(rows, metric, ids).items()})
+
+
+#: the accuracy-vs-cost chart's x measures: id -> (cost field, divisor, axis label)
+COST_MEASURES = {"latency": ("latency_batch1_ms", 1.0, "latency, batch 1 (ms)"),
+                 "gflops": ("flops_per_image", 1e9, "GFLOPs per image"),
+                 "trainable": ("trainable_parameters", 1.0, "trainable parameters")}
+
+
+def cost_value(row: dict[str, Any], measure: str) -> float | None:
+    """A row's cost measure (:data:`COST_MEASURES`; GFLOPs from FLOPs), None when unknown."""
+    name, divisor, _ = COST_MEASURES[measure]
+    value = (row.get("cost") or {}).get(name)
+    return None if value is None else value / divisor
+
+
+def scatter_points(rows: Sequence[dict[str, Any]], metric: str, dataset_ids: Iterable[str],
+                   measure: str) -> list[dict[str, Any]]:
+    """The accuracy-vs-cost chart's points: per row with the cost measure, x = the measure and
+    y = its mean of ``metric`` (:func:`summarize` over the rows with a cost, so the ranked ones
+    share their common datasets). Mirrored by ``ZS.table.scatterPoints``."""
+    with_cost = [row for row in rows if cost_value(row, measure) is not None]
+    summary = summarize(with_cost, metric, dataset_ids)
+    return [{"row_id": row["id"], "label": row["label"], "x": cost_value(row, measure),
+             "y": summary[row["id"]].mean, "count": summary[row["id"]].count,
+             "ranked": summary[row["id"]].ranked}
+            for row in with_cost if summary[row["id"]].mean is not None]
+
+
+def _covered_by_any(rows: Sequence[dict[str, Any]], metric: str, dataset: str) -> bool:
+    return any(_covered(row, metric, [dataset]) for row in rows)
+
+
 def _reported_rows(reported: Iterable[ReportedValue]) -> tuple[list[dict], list[dict]]:
     """Dataset-level values -> one row per (source, method); per-class values -> drill-down."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -125,7 +176,8 @@ def _reported_rows(reported: Iterable[ReportedValue]) -> tuple[list[dict], list[
         row = rows.setdefault((v.source_id, v.method), {
             "id": f"reported/{v.source_id}/{v.method}", "kind": "reported", "method": v.method,
             "method_key": method_key(v.method), "label": v.method, "source_id": v.source_id,
-            "detail": v.source, "cells": {}})
+            "detail": v.source, "cells": {}, "method_kind": None, "cost": None,
+            "leakage": None})
         row["cells"].setdefault(v.metric, {})[v.dataset] = {
             "value": v.value, "trained_on": [v.trained_on], "protocol": v.protocol,
             "provenance": {"source": v.source, "table": v.table, "protocol": v.protocol,
@@ -147,53 +199,211 @@ def _result_provenance(result: dict[str, Any]) -> dict[str, Any]:
             "seed": result.get("seed")}
 
 
-def _reproduced_rows(results: Iterable[dict[str, Any]], problems: list[str]
-                     ) -> tuple[list[dict], list[dict], dict[str, str]]:
-    """One row per (method, config hash, protocol); one cell per target dataset and metric.
+def seedless_settings(result: dict[str, Any]) -> str | None:
+    """8 hex digits naming a result's run settings without its target and seeds (the identity
+    less ``seed``, ``target``, ``dataset_fingerprint`` and ``training.config.seed``): results
+    of one method, config and protocol that share it differ only by seed. None for a schema 1.0
+    result (no identity)."""
+    identity = result.get("identity")
+    if identity is None:
+        return None
+    shared = {k: v for k, v in identity.items()
+              if k not in ("seed", "target", "dataset_fingerprint")}
+    training = shared.get("training")
+    if isinstance(training, dict) and isinstance(training.get("config"), dict):
+        shared["training"] = {**training, "config": {k: v for k, v in training["config"].items()
+                                                     if k != "seed"}}
+    return canonical_hash(shared, 8)
 
-    Returns rows, drill-down entries and the dataset domains the results declare. Two results
-    for the same row and dataset keep the newest (by ``created_at``) and report the other."""
-    chosen: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+
+def _seed_key(result: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(evaluation seed, training seed) of a schema 1.1 result; None without identity."""
+    identity = result.get("identity")
+    if identity is None:
+        return None
+    training = identity.get("training") or {}
+    return identity.get("seed"), (training.get("config") or {}).get("seed")
+
+
+def reproduced_row_id(result: dict[str, Any]) -> str:
+    """The id of the leaderboard row a result belongs to (its seeds share it)."""
+    settings = seedless_settings(result)
+    return (f"reproduced/{result['method']}/{result['config_hash']}/{result['protocol']['id']}"
+            + (f"/{settings}" if settings else ""))
+
+
+def _seed_label(result: dict[str, Any]) -> str:
+    seed, training_seed = _seed_key(result) or (result.get("seed"), None)
+    if training_seed is not None and training_seed != seed:
+        return f"{seed} (training {training_seed})"
+    return str(seed)
+
+
+def _interval(result: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The result's bootstrap interval of ``metric``'s dataset mean, in percent."""
+    boot = result.get("bootstrap") or {}
+    low, high = (boot.get("low") or {}).get(metric), (boot.get("high") or {}).get(metric)
+    if low is None or high is None:
+        return None
+    return {"low": _percent(low), "high": _percent(high),
+            "confidence": boot.get("confidence"), "replicates": boot.get("replicates")}
+
+
+def _leakage(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The leakage verdict of a cell's results: flagged when any of them is; None when none
+    carries a ledger."""
+    ledgers = [r["leakage"] for r in results if r.get("leakage")]
+    if not ledgers:
+        return None
+    flags = [flag for ledger in ledgers for flag in ledger.get("flags", [])]
+    zero_shot = all(ledger.get("zero_shot", True) for ledger in ledgers)
+    return {"zero_shot": zero_shot, "label": "zero-shot" if zero_shot else "not zero-shot",
+            "flags": flags}
+
+
+def _cell(group: Sequence[dict[str, Any]], metric: str, protocol: str) -> dict[str, Any] | None:
+    """One table cell from the results of a row and dataset that differ only by seed: the
+    value, or the mean of the seeds' values with ``seeds`` = {n, std (ddof 1), values} when
+    there are two or more; the 95 % bootstrap interval of a single result."""
+    present = [(r, r["metrics"]["mean"].get(metric)) for r in group]
+    present = [(r, v) for r, v in present if v is not None]
+    if not present:
+        return None
+    first = present[0][0]
+    provenance = _result_provenance(first)
+    cell: dict[str, Any] = {"trained_on": list(first["trained_on"]), "protocol": protocol,
+                            "provenance": provenance}
+    values = [_percent(v) for _, v in present]
+    if len(present) == 1:
+        cell["value"] = values[0]
+        if (interval := _interval(first, metric)) is not None:
+            cell["interval"] = interval
+    else:
+        cell["value"] = round(statistics.mean(values), PERCENT_DIGITS)
+        cell["seeds"] = {"n": len(values), "std": round(statistics.stdev(values), PERCENT_DIGITS),
+                         "values": [{"seed": _seed_label(r), "value": v, "file": r.get("_path"),
+                                     "interval": _interval(r, metric)}
+                                    for (r, _), v in zip(present, values, strict=True)]}
+        cell["provenance"] = {**provenance, "seed": ", ".join(_seed_label(r) for r, _ in present),
+                              "file": None}
+    if (leakage := _leakage([r for r, _ in present])) is not None:
+        cell["leakage"] = leakage
+    return cell
+
+
+def _row_cost(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row's cost: per field the median over its results that measured it (the same method
+    and config on each target); None when no result carries ``cost``."""
+    costs = [r["cost"] for r in results if r.get("cost")]
+    if not costs:
+        return None
+    out: dict[str, Any] = {"results": len(costs)}
+    for name in COST_FIELDS:
+        values = [c[name] for c in costs if c.get(name) is not None]
+        out[name] = statistics.median(values) if values else None
+    out["device"] = costs[0].get("device")
+    out["peak_memory_kind"] = costs[0].get("peak_memory_kind")
+    return out
+
+
+def _choose(results: Iterable[dict[str, Any]], problems: list[str]
+            ) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """One result per (row, dataset, seed); of two, the newest (by ``created_at``), the other
+    reported in ``problems``."""
+    chosen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for result in results:
-        key = (result["method"], result["config_hash"], result["protocol"]["id"],
-               result["dataset"]["name"])
+        key = (reproduced_row_id(result), result["dataset"]["name"], _seed_key(result))
         other = chosen.get(key)
         if other is not None:
             newer, older = sorted([result, other], reverse=True,
                                   key=lambda r: r["provenance"].get("created_at", ""))
             message = (f"{older.get('_path')}: duplicate of {newer.get('_path')} (same method, "
-                       f"config_hash, protocol and dataset); kept the newer")
+                       f"config_hash, protocol, run settings, seed and dataset); kept the newer")
             logger.warning(message)
             problems.append(message)
             result = newer
         chosen[key] = result
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    return chosen
+
+
+def _drill_entry(row_id: str, result: dict[str, Any], label: str) -> dict[str, Any]:
+    categories: dict[str, dict[str, float | None]] = {}
+    for category, metric_set in result["metrics"]["per_category"].items():
+        for metric, fraction in metric_set.items():
+            categories.setdefault(metric, {})[category] = _percent(fraction)
+    intervals: dict[str, dict[str, dict[str, float | None]]] = {}
+    for category, metric_set in ((result.get("bootstrap") or {}).get("per_category")
+                                 or {}).items():
+        for metric, bounds in metric_set.items():
+            if bounds.get("low") is not None and bounds.get("high") is not None:
+                intervals.setdefault(metric, {})[category] = {
+                    "low": _percent(bounds["low"]), "high": _percent(bounds["high"])}
+    return {"row_id": row_id, "label": label, "kind": "reproduced",
+            "dataset": result["dataset"]["name"], "trained_on": list(result["trained_on"]),
+            "provenance": _result_provenance(result), "metrics": categories,
+            "intervals": intervals}
+
+
+def _reproduced_rows(results: Iterable[dict[str, Any]], problems: list[str]
+                     ) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """One row per (method, config hash, protocol, run settings less the seeds); one cell per
+    target dataset and metric, over the seeds of that dataset (:func:`_cell`).
+
+    Returns rows, drill-down entries and the dataset domains the results declare. Two results
+    for the same row, dataset and seed keep the newest (by ``created_at``) and report the
+    other."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for (row_id, dataset, _), result in _choose(results, problems).items():
+        groups.setdefault(row_id, {}).setdefault(dataset, []).append(result)
+    rows: list[dict] = []
     drill: list[dict] = []
     domains: dict[str, str] = {}
-    for (method, config_hash, protocol, dataset), result in chosen.items():
-        row_id = f"reproduced/{method}/{config_hash}/{protocol}"
-        row = rows.setdefault((method, config_hash, protocol), {
-            "id": row_id, "kind": "reproduced", "method": method,
-            "method_key": method_key(method), "label": method, "source_id": None,
-            "detail": f"{protocol} · {config_hash}", "cells": {}})
-        domains[dataset] = dataset_domain(dataset, result["dataset"].get("domain"))
-        provenance = _result_provenance(result)
-        per_category = result["metrics"]["per_category"]
-        categories: dict[str, dict[str, float | None]] = {}
-        for category, metric_set in per_category.items():
-            for metric, fraction in metric_set.items():
-                categories.setdefault(metric, {})[category] = _percent(fraction)
-        for metric, fraction in result["metrics"]["mean"].items():
-            if fraction is None:
-                continue
-            row["cells"].setdefault(metric, {})[dataset] = {
-                "value": _percent(fraction), "trained_on": list(result["trained_on"]),
-                "protocol": protocol, "provenance": provenance}
-        if per_category:
-            drill.append({"row_id": row_id, "label": method, "kind": "reproduced",
-                          "dataset": dataset, "trained_on": list(result["trained_on"]),
-                          "provenance": provenance, "metrics": categories})
-    return list(rows.values()), drill, domains
+    for row_id, by_dataset in groups.items():
+        members = [r for group in by_dataset.values() for r in group]
+        first = members[0]
+        method, protocol = first["method"], first["protocol"]["id"]
+        kinds = [r["method_kind"] for r in members if r.get("method_kind")]
+        row = {"id": row_id, "kind": "reproduced", "method": method,
+               "method_key": method_key(method), "label": method, "source_id": None,
+               "detail": f"{protocol} · {first['config_hash']}", "cells": {},
+               "method_kind": dict(kinds[0]) if kinds else None, "cost": _row_cost(members),
+               "leakage": None}
+        for dataset, group in by_dataset.items():
+            group.sort(key=lambda r: (str(_seed_key(r)), r["provenance"].get("created_at", "")))
+            domains[dataset] = dataset_domain(dataset, group[0]["dataset"].get("domain"))
+            metric_names = {m for r in group for m in r["metrics"]["mean"]}
+            for metric in sorted(metric_names):
+                if (cell := _cell(group, metric, protocol)) is not None:
+                    row["cells"].setdefault(metric, {})[dataset] = cell
+            for result in group:
+                if result["metrics"]["per_category"]:
+                    label = method + (f" (seed {_seed_label(result)})" if len(group) > 1 else "")
+                    drill.append(_drill_entry(row_id, result, label))
+        row["leakage"] = _row_leakage(by_dataset)
+        rows.append(row)
+    _disambiguate(rows)
+    return rows, drill, domains
+
+
+def _row_leakage(by_dataset: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """``{zero_shot, flagged: [datasets]}`` of a row; None when no result carries a ledger."""
+    verdicts = {d: _leakage(group) for d, group in by_dataset.items()}
+    checked = {d: v for d, v in verdicts.items() if v is not None}
+    if not checked:
+        return None
+    flagged = sorted(d for d, v in checked.items() if not v["zero_shot"])
+    return {"zero_shot": not flagged, "flagged": flagged}
+
+
+def _disambiguate(rows: list[dict[str, Any]]) -> None:
+    """Rows of one method, config and protocol with different run settings name them."""
+    details: dict[str, int] = {}
+    for row in rows:
+        details[row["detail"]] = details.get(row["detail"], 0) + 1
+    for row in rows:
+        settings = row["id"].split("/")[4:]
+        if details[row["detail"]] > 1 and settings:
+            row["detail"] += f" · settings {settings[0]}"
 
 
 def training_key(trained_on: Iterable[str], method: str, kind: str) -> tuple[str, ...]:
@@ -246,18 +456,18 @@ def _comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _dataset_list(rows: Sequence[dict[str, Any]], extra_domains: dict[str, str]) -> list[dict]:
     used = {d for row in rows for cells in row["cells"].values() for d in cells}
-    ordered = [d.id for d in DATASETS if d.id in used]
-    ordered += sorted(used - set(DATASET_BY_ID))
+    known = dataset_entries()
+    ordered = [d.id for d in known if d.id in used]
+    ordered += sorted(used - {d.id for d in known})
     return [{"id": d, "title": dataset_title(d),
              "domain": dataset_domain(d, extra_domains.get(d))} for d in ordered]
 
 
 def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[ReportedValue],
                     problems: Sequence[str] = (), gallery: Sequence[dict] = ()) -> dict[str, Any]:
-    """Assemble the page's data: datasets, metrics, rows with provenance, default summaries
-    (over the :func:`common_datasets` of :func:`summary_datasets`, listed per metric in
-    ``summary_datasets``), reproduced-vs-reported comparisons, drill-down, gallery, skipped
-    files."""
+    """Assemble the page's data: datasets, metrics, rows with provenance, reproduced-vs-reported
+    comparisons, drill-down, gallery, skipped files. (Means and ranks: :func:`summarize` over
+    ``summary_datasets(data["datasets"])``, as the page computes them.)"""
     problems = list(problems)
     reported_rows, reported_drill = _reported_rows(reported)
     reproduced_rows, reproduced_drill, domains = _reproduced_rows(results, problems)
@@ -267,14 +477,10 @@ def build_site_data(results: Iterable[dict[str, Any]], reported: Iterable[Report
     extra = sorted({m for row in rows for m in row["cells"]} - set(metric_ids))
     metrics = [{"id": m, "label": label} for m, label in METRICS]
     metrics += [{"id": m, "label": m.replace("_", " ")} for m in extra]
-    ranked_ids = summary_datasets(datasets)
-    summary = {m["id"]: {row_id: s.__dict__ for row_id, s in
-                         summarize(rows, m["id"], ranked_ids).items()} for m in metrics}
-    common = {m["id"]: common_datasets(rows, m["id"], ranked_ids) for m in metrics}
     drill: dict[str, list[dict]] = {}
     for entry in reported_drill + reproduced_drill:
         drill.setdefault(entry["dataset"], []).append(entry)
-    return {"format": 1, "zsbench_version": __version__, "metrics": metrics,
-            "datasets": datasets, "rows": rows, "summary": summary, "summary_datasets": common,
+    return {"format": 2, "zsbench_version": __version__, "metrics": metrics,
+            "datasets": datasets, "rows": rows,
             "comparisons": _comparisons(rows), "drilldown": drill, "gallery": list(gallery),
             "skipped": problems}

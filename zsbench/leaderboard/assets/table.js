@@ -1,11 +1,13 @@
-/* zsbench leaderboard: table logic (no DOM). Means, mean ranks, sorting and cell filters.
-   Mirrors zsbench.leaderboard.site_data.summarize: missing values are skipped, never 0, and
-   only rows having every common dataset are ranked. */
+/* zsbench leaderboard: the table model (no DOM). Plain functions on data.json's rows and
+   datasets: filters, means, mean ranks, sorting, best values; tableModel puts them together for
+   app.js to render. Mirrors zsbench.leaderboard.site_data.summarize: missing values are
+   skipped, never 0, and only rows having every common dataset are ranked. */
 "use strict";
 
 window.ZS = window.ZS || {};
 
-ZS.table = (function () {
+/* a block, not a function: strict-mode function declarations stay local to it */
+{
   /** The cell of a row for a metric and dataset, or null when absent. */
   function cellOf(row, metric, dataset) {
     const cells = row.cells[metric];
@@ -112,6 +114,7 @@ ZS.table = (function () {
     if (column === "mean") return summary[row.id].ranked ? summary[row.id].mean : null;
     if (column === "rank") return summary[row.id].mean_rank;
     if (column === "count") return summary[row.id].count;
+    if (column.slice(0, 5) === "cost:") return costOf(row, column.slice(5));
     return visibleValue(row, metric, column, trainedOn);
   }
 
@@ -140,9 +143,186 @@ ZS.table = (function () {
     return (value > 0 ? "+" : "\u2212") + text;
   }
 
-  return {
-    cellOf: cellOf, trainedOnMatches: trainedOnMatches, visibleValue: visibleValue,
-    covered: covered, commonDatasets: commonDatasets, summarize: summarize, compareKeys: compareKeys, sortRows: sortRows, format: format,
-    formatDifference: formatDifference,
+  /* ---------- the leaderboard table ---------- */
+
+  /** Rows the row filters keep: kind ("all", "reported", "reproduced") and a search text
+      matched against the label and detail. */
+  function filterRows(rows, kind, search) {
+    const q = (search || "").trim().toLowerCase();
+    return rows.filter(function (r) {
+      if (kind !== "all" && r.kind !== kind) return false;
+      return !q || (r.label + " " + r.detail).toLowerCase().indexOf(q) >= 0;
+    });
+  }
+
+  /* ---------- evidence: method kind, leakage, seeds, cost ---------- */
+
+  /** "training-free" or "trained" from a row's method_kind, null when unknown (reported). */
+  function kindLabel(row) {
+    if (!row.method_kind) return null;
+    return row.method_kind.trainable ? "trained" : "training-free";
+  }
+
+  /** Is a row flagged "not zero-shot" (any of its results shares data with its target)? */
+  function flagged(row) { return !!(row.leakage && row.leakage.zero_shot === false); }
+
+  /** Rows the evidence filters keep: leak "hide" drops flagged rows ("show", the default,
+      keeps them, badged); methodKind "all", "training-free", "trained" or "transductive"
+      (rows without a known kind only pass "all"). */
+  function evidenceFilter(rows, leak, methodKind) {
+    return rows.filter(function (r) {
+      if (leak === "hide" && flagged(r)) return false;
+      if (!methodKind || methodKind === "all") return true;
+      if (!r.method_kind) return false;
+      if (methodKind === "transductive") return !!r.method_kind.transductive;
+      return kindLabel(r) === methodKind;
+    });
+  }
+
+  /** A cell's text: the value, or "mean ± std" for seeds (n separately). */
+  function cellText(cell) {
+    if (!cell.seeds) return format(cell.value);
+    return format(cell.value) + " \u00b1 " + format(cell.seeds.std);
+  }
+
+  /** The cost columns: [field, header, unit title]. */
+  const COST_COLUMNS = [
+    ["latency_batch1_ms", "Latency", "ms per image at batch 1 (median)"],
+    ["throughput_images_per_s", "Throughput", "images per second at batch N"],
+    ["peak_memory_bytes", "Peak mem.", "peak device memory, GiB"],
+    ["trainable_parameters", "Trainable", "trainable parameters"],
+    ["flops_per_image", "GFLOPs", "GFLOPs per image (torch flop counter)"],
+    ["training_time_s", "Training", "training time"],
+  ];
+
+  /** A row's cost field, null when unknown. */
+  function costOf(row, field) {
+    const v = row.cost ? row.cost[field] : null;
+    return v === undefined ? null : v;
+  }
+
+  /** Seconds as "12 s", "35 min" or "2.5 h". */
+  function formatDuration(s) {
+    if (s < 120) return Math.round(s) + " s";
+    if (s < 7200) return Math.round(s / 60) + " min";
+    return (s / 3600).toFixed(1) + " h";
+  }
+
+  /** A cost value in its column's unit; NA (and no cost at all) as an en dash. */
+  function formatCost(field, v) {
+    if (v === null || v === undefined) return "\u2013";
+    if (field === "latency_batch1_ms") return v.toFixed(1);
+    if (field === "throughput_images_per_s") return v.toFixed(1);
+    if (field === "peak_memory_bytes") return (v / Math.pow(2, 30)).toFixed(2);
+    if (field === "flops_per_image") return (v / 1e9).toFixed(1);
+    if (field === "training_time_s") return formatDuration(v);
+    if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
+    if (v >= 1e3) return (v / 1e3).toFixed(1) + "k";
+    return String(v);
+  }
+
+  /** The accuracy-vs-cost chart's x measures (mirrors site_data.COST_MEASURES). */
+  const COST_MEASURES = {
+    latency: ["latency_batch1_ms", 1, "latency, batch 1 (ms)"],
+    gflops: ["flops_per_image", 1e9, "GFLOPs per image"],
+    trainable: ["trainable_parameters", 1, "trainable parameters"],
   };
-})();
+
+  /** Points [{row_id, label, x, y, count, ranked}] of the rows with the cost measure: y is the
+      mean of the metric over the common datasets of those rows (mirrors
+      site_data.scatter_points). */
+  function scatterPoints(rows, metric, datasetIds, measure, trainedOn) {
+    const m = COST_MEASURES[measure];
+    const xOf = function (r) { const v = costOf(r, m[0]); return v === null ? null : v / m[1]; };
+    const withCost = rows.filter(function (r) { return xOf(r) !== null; });
+    const s = summarize(withCost, metric, datasetIds, trainedOn);
+    return withCost.filter(function (r) { return s[r.id].mean !== null; }).map(function (r) {
+      return { row_id: r.id, label: r.label, x: xOf(r), y: s[r.id].mean, count: s[r.id].count,
+        ranked: s[r.id].ranked };
+    });
+  }
+
+  /** Datasets of a domain ("all" keeps every one), in data.json's order. */
+  function inDomain(datasets, domain) {
+    return datasets.filter(function (d) { return domain === "all" || d.domain === domain; });
+  }
+
+  /** Datasets with at least one visible value among the rows. */
+  function columnsWithValues(datasets, rows, metric, trainedOn) {
+    return datasets.filter(function (d) {
+      return rows.some(function (r) { return visibleValue(r, metric, d.id, trainedOn) !== null; });
+    });
+  }
+
+  /** Ids means and ranks use: the real (non-synthetic) datasets when any are shown
+      (mirrors site_data.summary_datasets). */
+  function summaryIds(columns) {
+    const real = columns.filter(function (d) { return d.domain !== "synthetic"; });
+    return (real.length ? real : columns).map(function (d) { return d.id; });
+  }
+
+  /** {datasetId: [best, second best]} of the visible values of each column. */
+  function bestValues(rows, metric, ids, trainedOn) {
+    const best = {};
+    ids.forEach(function (d) {
+      const vals = rows.map(function (r) { return visibleValue(r, metric, d, trainedOn); })
+        .filter(function (v) { return v !== null; }).sort(function (a, b) { return b - a; });
+      best[d] = [vals[0], vals.find(function (v) { return v < vals[0]; })];
+    });
+    return best;
+  }
+
+  /** Runs of consecutive columns of one domain: [{domain, n}] (the header's column groups). */
+  function domainGroups(columns) {
+    const groups = [];
+    columns.forEach(function (d) {
+      const last = groups[groups.length - 1];
+      if (last && last.domain === d.domain) last.n += 1;
+      else groups.push({ domain: d.domain, n: 1 });
+    });
+    return groups;
+  }
+
+  /** The common datasets (ids) a row has no visible value for. */
+  function missingDatasets(row, metric, common, trainedOn) {
+    return common.filter(function (d) { return visibleValue(row, metric, d, trainedOn) === null; });
+  }
+
+  /** What the leaderboard table shows for a view {metric, domain, kind, trained, search, sort,
+      dir}: the columns with values, the rows with a value among them (sorted), their
+      summaries over the common datasets, the best values and the domain groups. */
+  function tableModel(data, view) {
+    const metric = view.metric, trainedOn = view.trained;
+    const candidates = evidenceFilter(filterRows(data.rows, view.kind, view.search), view.leak,
+      view.mkind);
+    const columns = columnsWithValues(inDomain(data.datasets, view.domain), candidates, metric,
+      trainedOn);
+    const ids = columns.map(function (d) { return d.id; });
+    const rows = candidates.filter(function (r) {
+      return ids.some(function (d) { return visibleValue(r, metric, d, trainedOn) !== null; });
+    });
+    const rankedOver = summaryIds(columns);
+    const summary = summarize(rows, metric, rankedOver, trainedOn);
+    return {
+      metric: metric, trainedOn: trainedOn, columns: columns, summary: summary,
+      common: commonDatasets(rows, metric, rankedOver, trainedOn),
+      rows: sortRows(rows, view.sort, view.dir, metric, summary, trainedOn),
+      unranked: rows.filter(function (r) { return !summary[r.id].ranked; }).length,
+      best: bestValues(rows, metric, ids, trainedOn), groups: domainGroups(columns),
+      rankedOver: rankedOver, costs: rows.some(function (r) { return !!r.cost; }),
+      flagged: rows.filter(flagged).length,
+    };
+  }
+
+  ZS.table = {
+    cellOf: cellOf, trainedOnMatches: trainedOnMatches, visibleValue: visibleValue,
+    covered: covered, commonDatasets: commonDatasets, summarize: summarize,
+    compareKeys: compareKeys, sortRows: sortRows, format: format,
+    formatDifference: formatDifference, filterRows: filterRows, inDomain: inDomain,
+    columnsWithValues: columnsWithValues, summaryIds: summaryIds, bestValues: bestValues,
+    domainGroups: domainGroups, missingDatasets: missingDatasets, tableModel: tableModel,
+    kindLabel: kindLabel, flagged: flagged, evidenceFilter: evidenceFilter, cellText: cellText,
+    COST_COLUMNS: COST_COLUMNS, costOf: costOf, formatCost: formatCost,
+    formatDuration: formatDuration, COST_MEASURES: COST_MEASURES, scatterPoints: scatterPoints,
+  };
+}
