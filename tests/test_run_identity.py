@@ -256,9 +256,9 @@ def test_float32_maps_reach_the_metrics(data_dir, tmp_path, monkeypatch):
     seen = []
     original = evaluate.metrics.compute_metrics
 
-    def spy(labels, scores, masks, maps):
+    def spy(labels, scores, masks, maps, **kwargs):
         seen.append(maps.copy())
-        return original(labels, scores, masks, maps)
+        return original(labels, scores, masks, maps, **kwargs)
 
     monkeypatch.setattr(evaluate.metrics, "compute_metrics", spy)
     METHODS.register("test_fine_maps", FineMaps)

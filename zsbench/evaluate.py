@@ -211,12 +211,16 @@ def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: li
     return out
 
 
-def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask: list[bool]
+def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask: list[bool],
+                      consume: bool = False
                       ) -> tuple[dict[str, float | None], dict[str, int]]:
-    """Metrics and counts of one category from all its images."""
+    """Metrics and counts of one category from all its images; with ``consume`` the metrics
+    rank the maps in their own buffer (about 7 bytes a pixel instead of 15; the maps are gone
+    afterwards)."""
     indices = inferred.indices
     cat_labels = np.array([labels[i] for i in indices])
-    values = metrics.compute_metrics(cat_labels, inferred.scores, inferred.masks, inferred.maps)
+    values = metrics.compute_metrics(cat_labels, inferred.scores, inferred.masks, inferred.maps,
+                                     consume=consume)
     counts = {"images": len(indices), "anomalous": int(cat_labels.sum()),
               "with_mask": sum(has_mask[i] for i in indices),
               "regions": metrics.count_regions(inferred.masks) if inferred.maps is not None
@@ -258,72 +262,97 @@ def evaluate_dataset(method: AnomalyMethod, records: Any, settings: EvalSettings
     an inductive method's images are sharded per category and gathered on rank 0, which computes
     the metrics; a transductive method gets whole categories (its reference pool is never
     split). Every rank returns rank 0's evaluation."""
-    records = raw_records(records)
-    labels = [int(v) for v in records["label"]]
-    has_mask = [bool(v) for v in records["has_mask"]]
-    selected = select_indices(list(records["category"]), labels, settings.limit, settings.seed)
-    world = current_world()
-    by_category = method.info.transductive and world.world_size > 1
-    mine, total = _rank_share(selected, by_category, world)
-    method.eval()
-    per_category: dict[str, dict[str, float | None]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    collector = EvidenceCollector(settings.evidence)
-    image_ids = ([str(v) for v in records["sample_id"]]
-                 if "sample_id" in (getattr(records, "column_names", None) or ())
-                 else [str(i) for i in range(len(labels))])
-    done, start, infer_s = [0], time.perf_counter(), 0.0
-    current = [""]
+    job = _DatasetJob(method, raw_records(records), settings, name, progress)
+    job.infer_categories(samples_dir is not None)
+    return broadcast_from_main(job.evaluation(samples_dir) if job.world.is_main else None)
 
-    def tick(b: int) -> None:
-        done[0] += b
-        if progress and world.is_main:
-            progress(f"{name}/{current[0]}", done[0], total)
 
-    def finish(cat: str, inferred: _Inferred) -> None:
+class _DatasetJob:
+    """One dataset's evaluation: its categories inferred in order through one loader, each
+    finished category's metrics and evidence computed in the background."""
+
+    def __init__(self, method: AnomalyMethod, records: Any, settings: EvalSettings, name: str,
+                 progress: ProgressCallback | None) -> None:
+        self.method, self.records, self.settings, self.name = method, records, settings, name
+        self.progress = progress
+        self.labels = [int(v) for v in records["label"]]
+        self.has_mask = [bool(v) for v in records["has_mask"]]
+        self.image_ids = ([str(v) for v in records["sample_id"]]
+                          if "sample_id" in (getattr(records, "column_names", None) or ())
+                          else [str(i) for i in range(len(self.labels))])
+        self.selected = select_indices(list(records["category"]), self.labels, settings.limit,
+                                       settings.seed)
+        self.world = current_world()
+        self.by_category = method.info.transductive and self.world.world_size > 1
+        self.mine, self.total = _rank_share(self.selected, self.by_category, self.world)
+        self.per_category: dict[str, dict[str, float | None]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.collector = EvidenceCollector(settings.evidence)
+        self.done, self.infer_s, self.current = 0, 0.0, ""
+        self.start = time.perf_counter()
+
+    def tick(self, b: int) -> None:
+        self.done += b
+        if self.progress and self.world.is_main:
+            self.progress(f"{self.name}/{self.current}", self.done, self.total)
+
+    def finish(self, cat: str, inferred: _Inferred) -> None:
         """A category's metrics and evidence (in a background thread: numpy's sorts and zlib
         release the GIL, so this overlaps the next category's forward)."""
         indices = inferred.indices
-        per_category[cat], counts[cat] = _category_outcome(f"{name}/{cat}", inferred, labels,
-                                                           has_mask)
-        collector.add(cat, np.array([labels[i] for i in indices]), inferred.scores,
-                      inferred.masks, inferred.maps, [image_ids[i] for i in indices],
-                      per_category[cat], {row: inferred.sample_images[i]
-                                          for row, i in enumerate(indices)
-                                          if i in inferred.sample_images})
+        # intervals need the exact metrics first; otherwise the evidence (stored maps, overlay
+        # rows, colour scale) is taken first and the metrics consume the map buffer
+        exact_first = self.settings.evidence.bootstrap > 0
+        if exact_first:
+            self.per_category[cat], self.counts[cat] = _category_outcome(
+                f"{self.name}/{cat}", inferred, self.labels, self.has_mask)
+        self.collector.add(cat, np.array([self.labels[i] for i in indices]), inferred.scores,
+                           inferred.masks, inferred.maps, [self.image_ids[i] for i in indices],
+                           self.per_category.get(cat), {row: inferred.sample_images[i]
+                                                        for row, i in enumerate(indices)
+                                                        if i in inferred.sample_images})
+        if not exact_first:
+            self.per_category[cat], self.counts[cat] = _category_outcome(
+                f"{self.name}/{cat}", inferred, self.labels, self.has_mask, consume=True)
 
-    plan = [(cat, indices if by_category else shard(indices, world.rank, world.world_size))
-            for cat, indices in selected.items() if mine is None or cat in mine]
-    batches, per_plan = _loader(method, records, plan, settings)
-    with _MetricsPool(settings.metrics_workers) as pool:
-        for (cat, own), n_batches in zip(plan, per_plan, strict=True):
-            current[0] = cat
-            method.start_category(cat)
-            indices = selected[cat]
-            keep_maps = any(has_mask[i] for i in indices)
-            to_save = (_pick_samples(indices, labels, settings.save_maps) if samples_dir and
-                       keep_maps else set())
-            part = _infer(method, itertools.islice(batches, n_batches), own, settings,
-                          keep_maps, to_save, tick)
-            infer_s += part.seconds
-            parts = [part] if by_category else gather_to_main(part)
-            if parts is not None:  # rank 0 (or this rank's own category) computes the metrics
-                pool.submit(finish, cat, _Inferred.merge(parts, indices))
-    per_category = {c: per_category[c] for c in selected if c in per_category}
-    counts = {c: counts[c] for c in selected if c in counts}
-    if by_category:  # each rank evaluated its own categories: collect them on rank 0
-        per_category, counts, collector = _collect_categories(per_category, counts, collector,
-                                                              list(selected))
-    evaluation = None
-    if world.is_main:
-        n_images = sum(len(v) for v in selected.values())
-        evaluation = _dataset_evaluation(per_category, counts, start,
-                                         n_images / infer_s if infer_s > 0 else 0.0)
+    def infer_categories(self, save_samples: bool) -> None:
+        """Every category of this rank, in order; rank 0 collects and finishes them."""
+        world, settings = self.world, self.settings
+        plan = [(cat, idx if self.by_category else shard(idx, world.rank, world.world_size))
+                for cat, idx in self.selected.items() if self.mine is None or cat in self.mine]
+        self.method.eval()
+        batches, per_plan = _loader(self.method, self.records, plan, settings)
+        with _MetricsPool(settings.metrics_workers) as pool:
+            for (cat, own), n_batches in zip(plan, per_plan, strict=True):
+                self.current = cat
+                self.method.start_category(cat)
+                indices = self.selected[cat]
+                keep_maps = any(self.has_mask[i] for i in indices)
+                to_save = (_pick_samples(indices, self.labels, settings.save_maps)
+                           if save_samples and keep_maps else set())
+                part = _infer(self.method, itertools.islice(batches, n_batches), own, settings,
+                              keep_maps, to_save, self.tick)
+                self.infer_s += part.seconds
+                parts = [part] if self.by_category else gather_to_main(part)
+                if parts is not None:  # rank 0 (or the rank owning the category) finishes it
+                    pool.submit(self.finish, cat, _Inferred.merge(parts, indices))
+        order = list(self.selected)
+        self.per_category = {c: self.per_category[c] for c in order if c in self.per_category}
+        self.counts = {c: self.counts[c] for c in order if c in self.counts}
+        if self.by_category:  # each rank evaluated its own categories: collect them on rank 0
+            self.per_category, self.counts, self.collector = _collect_categories(
+                self.per_category, self.counts, self.collector, order)
+
+    def evaluation(self, samples_dir: Path | None) -> DatasetEvaluation:
+        """The dataset's evaluation (rank 0), with its overlays and intervals."""
+        n_images = sum(len(v) for v in self.selected.values())
+        evaluation = _dataset_evaluation(self.per_category, self.counts, self.start,
+                                         n_images / self.infer_s if self.infer_s > 0 else 0.0)
         if samples_dir is not None:
-            evaluation.samples, evaluation.samples_scale = collector.write_overlays(
-                samples_dir, method.backbone, settings.resolution)
-        evaluation.bootstrap = collector.bootstrap_result(list(selected))
-    return broadcast_from_main(evaluation)
+            evaluation.samples, evaluation.samples_scale = self.collector.write_overlays(
+                samples_dir, self.method.backbone, self.settings.resolution)
+        evaluation.bootstrap = self.collector.bootstrap_result(list(self.selected))
+        return evaluation
 
 
 def _rank_share(selected: dict[str, list[int]], by_category: bool, world: Any

@@ -136,67 +136,83 @@ def aupro_anomalib_v2_2(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.
         raise ValueError(f"fpr_limit must be below 1 for aupro_anomalib_v2_2; got {fpr_limit!r}")
     masks_b, maps_f = _inputs(masks, maps)
     labels, n_regions = _region_labels(masks_b)
-    normal_asc = np.sort(maps_f[~masks_b])
-    n_normal = normal_asc.size
-    if n_regions == 0 or n_normal == 0:
+    normal = _AnomalibNormals(np.sort(maps_f[~masks_b]), maps_f, limit)
+    if n_regions == 0 or normal.n == 0:
         return None
-    # global ROC: points with fpr <= limit (fpr of a distinct value t = normal >= t / n_normal)
-    all_distinct = np.unique(maps_f)
-    normal_ge = n_normal - np.searchsorted(normal_asc, all_distinct, side="left")
-    output_size = 1 + int(np.count_nonzero(normal_ge / n_normal <= limit))
-    # normal distinct values down to (and including) the first whose fpr exceeds the limit
-    normal_desc, normal_count_ge = _distinct_desc(normal_asc)
-    beyond = np.flatnonzero(normal_count_ge / n_normal > limit)
-    cut = int(beyond[0]) if beyond.size else normal_desc.size - 1
-    normal_desc, normal_count_ge = normal_desc[:cut + 1], normal_count_ge[:cut + 1]
-    floor_value = normal_desc[-1]
-    normal_asc_cut, counts_asc_cut = normal_desc[::-1], normal_count_ge[::-1]
-
-    fpr_sum = np.zeros(output_size)
-    tpr_sum = np.zeros(output_size)
+    fpr_sum = np.zeros(normal.output_size)
+    tpr_sum = np.zeros(normal.output_size)
     flat_labels = labels.ravel()
     flat_maps = maps_f.ravel()
     order = np.argsort(flat_labels, kind="stable")
     bounds = np.searchsorted(flat_labels[order], np.arange(1, n_regions + 2))
     for region in range(n_regions):
         region_asc = np.sort(flat_maps[order[bounds[region]:bounds[region + 1]]])
-        n_region = region_asc.size
-        region_values = np.unique(region_asc[region_asc >= floor_value])
-        position = np.searchsorted(normal_asc_cut, region_values)
-        present = (position < normal_asc_cut.size) & (
-            normal_asc_cut[np.minimum(position, normal_asc_cut.size - 1)] == region_values)
-        new_values = region_values[~present]
-        new_at = np.searchsorted(normal_asc_cut, new_values)
-        thresholds_asc = np.insert(normal_asc_cut, new_at, new_values)
-        fps_asc = np.insert(counts_asc_cut, new_at,
-                            n_normal - np.searchsorted(normal_asc, new_values, side="left"))
-        tps_asc = n_region - np.searchsorted(region_asc, thresholds_asc, side="left")
-        fpr = np.concatenate([[0.0], fps_asc[::-1] / n_normal])
-        tpr = np.concatenate([[0.0], tps_asc[::-1] / n_region])
-        # anomalib: edge case where the ROC only has fpr values above the limit
-        region_limit = fpr[fpr > limit].min() if fpr[fpr <= limit].max() == 0 else limit
-        keep = np.flatnonzero(fpr <= region_limit)
-        interpolate = not np.isclose(fpr[keep].max(), limit, rtol=1e-5, atol=1e-8)
-        if interpolate:
-            extra = int(np.searchsorted(fpr, limit, side="left"))
-            keep = np.append(keep, extra)
-            slope = 1 - (fpr[extra] - limit) / (fpr[extra] - fpr[extra - 1])
-        old_x = keep.astype(np.float64)
-        if keep.size < 2 or old_x.max() == 0:
+        curve = _anomalib_region_curve(region_asc, normal, limit)
+        if curve is None:
             logger.debug("aupro_anomalib_v2_2 undefined: a region's curve has a single point")
             return None
-        old_x = old_x / old_x.max() * (output_size - 1)
-        new_x = np.arange(output_size, dtype=np.float64)
-        if interpolate:
-            new_x[-1] = old_x[-2] + (old_x[-1] - old_x[-2]) * slope
-        tpr_sum += _interp1d(old_x, tpr[keep], new_x)
-        fpr_sum += _interp1d(old_x, fpr[keep], new_x)
+        fpr_sum += curve[0]
+        tpr_sum += curve[1]
     fpr_avg = fpr_sum / n_regions
     tpr_avg = tpr_sum / n_regions
     by_fpr = np.argsort(fpr_avg, kind="stable")
     area = float(np.trapezoid(tpr_avg[by_fpr], fpr_avg[by_fpr]))
     value = area / fpr_avg[-1] if fpr_avg[-1] != 0 else float("nan")
     return float(value) if np.isfinite(value) else None
+
+
+class _AnomalibNormals:
+    """The normal pixels as anomalib's per-region ROCs see them: the global ROC's number of
+    points with FPR <= limit (``output_size``), and the distinct normal values down to (and
+    including) the first whose FPR exceeds the limit, with their counts of normals >= them."""
+
+    def __init__(self, normal_asc: np.ndarray, maps: np.ndarray, limit: float) -> None:
+        self.asc, self.n = normal_asc, normal_asc.size
+        if self.n == 0:
+            return
+        # global ROC: fpr of a distinct value t = normals >= t / n
+        normal_ge = self.n - np.searchsorted(normal_asc, np.unique(maps), side="left")
+        self.output_size = 1 + int(np.count_nonzero(normal_ge / self.n <= limit))
+        desc, count_ge = _distinct_desc(normal_asc)
+        beyond = np.flatnonzero(count_ge / self.n > limit)
+        cut = int(beyond[0]) if beyond.size else desc.size - 1
+        self.floor = desc[cut]
+        self.cut_asc, self.counts_asc = desc[:cut + 1][::-1], count_ge[:cut + 1][::-1]
+
+
+def _anomalib_region_curve(region_asc: np.ndarray, normal: _AnomalibNormals, limit: float
+                           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """One region's (FPR, TPR) curve, cut at the limit and resampled by index to
+    ``output_size`` points as anomalib <= 2.2 does; None when it has a single point."""
+    n_region = region_asc.size
+    region_values = np.unique(region_asc[region_asc >= normal.floor])
+    position = np.searchsorted(normal.cut_asc, region_values)
+    present = (position < normal.cut_asc.size) & (
+        normal.cut_asc[np.minimum(position, normal.cut_asc.size - 1)] == region_values)
+    new_values = region_values[~present]
+    new_at = np.searchsorted(normal.cut_asc, new_values)
+    thresholds_asc = np.insert(normal.cut_asc, new_at, new_values)
+    fps_asc = np.insert(normal.counts_asc, new_at,
+                        normal.n - np.searchsorted(normal.asc, new_values, side="left"))
+    tps_asc = n_region - np.searchsorted(region_asc, thresholds_asc, side="left")
+    fpr = np.concatenate([[0.0], fps_asc[::-1] / normal.n])
+    tpr = np.concatenate([[0.0], tps_asc[::-1] / n_region])
+    # anomalib: edge case where the ROC only has fpr values above the limit
+    region_limit = fpr[fpr > limit].min() if fpr[fpr <= limit].max() == 0 else limit
+    keep = np.flatnonzero(fpr <= region_limit)
+    interpolate = not np.isclose(fpr[keep].max(), limit, rtol=1e-5, atol=1e-8)
+    if interpolate:
+        extra = int(np.searchsorted(fpr, limit, side="left"))
+        keep = np.append(keep, extra)
+        slope = 1 - (fpr[extra] - limit) / (fpr[extra] - fpr[extra - 1])
+    old_x = keep.astype(np.float64)
+    if keep.size < 2 or old_x.max() == 0:
+        return None
+    old_x = old_x / old_x.max() * (normal.output_size - 1)
+    new_x = np.arange(normal.output_size, dtype=np.float64)
+    if interpolate:
+        new_x[-1] = old_x[-2] + (old_x[-1] - old_x[-2]) * slope
+    return _interp1d(old_x, fpr[keep], new_x), _interp1d(old_x, tpr[keep], new_x)
 
 
 # ---------------------------------------------------------------------------------------------

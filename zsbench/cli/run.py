@@ -120,8 +120,18 @@ LearningRate = Annotated[float | None, typer.Option("--lr", callback=_positive,
 TrainBatchSize = Annotated[int | None, typer.Option("--train-batch-size", min=1,
                                                     help="Training batch size (8).")]
 Preset = Annotated[str | None, typer.Option("--preset", help=PRESET_HELP)]
-Precision = Annotated[str | None, typer.Option("--precision", help=PRECISION_HELP)]
+def _check_precision(value: str | None) -> str | None:
+    if value is not None and value not in ("fp32", "bf16", "fp16"):
+        raise typer.BadParameter(f"expects fp32, bf16 or fp16, got {value!r}")
+    return value
+
+
+Precision = Annotated[str | None, typer.Option("--precision", metavar="fp32|bf16|fp16",
+                                               callback=_check_precision,
+                                               help=PRECISION_HELP)]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")]
+
+
 def _check_save_maps(value: str) -> str:
     if value != "all" and not (value.isdigit()):
         raise typer.BadParameter(f"expects a number of overlays per category or 'all', got "
@@ -144,59 +154,54 @@ Cost = Annotated[bool, typer.Option(
 AUTO_DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)."
 
 
+RunProtocol = Annotated[str, typer.Option(
+    "--protocol", "-p", help="Protocol id, e.g. 'mvtec->all', 'visa->mvtec', 'none->all', "
+                             "'paper'.")]
+RunDataDir = Annotated[Path, typer.Option(
+    "--data-dir", help="Folder of prepared datasets (zsbench data prepare); env "
+                       "ZSBENCH_DATA_DIR.")]
+RunOutputDir = Annotated[Path, typer.Option(
+    "--output-dir", "-o", help="Where result JSONs (and checkpoints) go.")]
+AutoDevice = Annotated[str | None, typer.Option("--device", callback=check_device,
+                                                help=AUTO_DEVICE_HELP)]
+NumWorkers = Annotated[int | None, typer.Option(
+    "--num-workers", min=0, help="DataLoader workers decoding ahead of the forward (default: "
+                                 "min(8, cores - 1); env ZSBENCH_NUM_WORKERS).")]
+SmokeLimit = Annotated[int | None, typer.Option(
+    "--limit", min=1, help="Images per category (a stratified seeded subset), for smoke runs.")]
+RunResolution = Annotated[int | None, typer.Option(
+    "--resolution", min=1, help="Evaluation resolution (default: the protocol's, 518).")]
+RunSeed = Annotated[int | None, typer.Option("--seed", min=0,
+                                             help="Seed (default: the protocol's).")]
+RunSeeds = Annotated[str | None, typer.Option(
+    "--seeds", metavar="S1,S2,...", help="Run once per seed (training included), e.g. "
+                                         "111,112,113; the leaderboard shows mean +- std.")]
+SkipExisting = Annotated[bool, typer.Option(
+    "--skip-existing", help="Skip targets whose result JSON exists (resumable sweeps).")]
+RunSets = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Method config KEY=VALUE (repeatable; see zsbench "
+                                       "methods info).")]
+CheckpointDir = Annotated[Path | None, typer.Option("--checkpoint-dir",
+                                                    help="Where epoch checkpoints go.")]
+ResumeRun = Annotated[bool, typer.Option(
+    "--resume", help="Resume training from the newest epoch checkpoint.")]
+SkipMissing = Annotated[bool, typer.Option(
+    "--skip-missing", help="Run the prepared targets and list the missing ones (default: "
+                           "refuse before any work, listing them).")]
+
+
 def run_cmd(
-    method: Method,
-    protocol: Annotated[str, typer.Option(
-        "--protocol", "-p", help="Protocol id, e.g. 'mvtec->all', 'visa->mvtec', 'none->all', "
-                                 "'paper'.")] = "paper",
-    data_dir: Annotated[Path, typer.Option(
-        "--data-dir", help="Folder of prepared datasets (zsbench data prepare); env "
-                           "ZSBENCH_DATA_DIR.")] = DATA_DIR,
-    output_dir: Annotated[Path, typer.Option(
-        "--output-dir", "-o", help="Where result JSONs (and checkpoints) go.")] = Path("results"),
-    device: Annotated[str | None, typer.Option("--device", callback=check_device,
-                                               help=AUTO_DEVICE_HELP)] = None,
-    batch_size: BatchSize = 8,
-    num_workers: Annotated[int | None, typer.Option(
-        "--num-workers", min=0, help="DataLoader workers decoding ahead of the forward "
-                                     "(default: min(8, cores - 1); env ZSBENCH_NUM_WORKERS).")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=1, help="Images per category (a stratified seeded subset), for smoke "
-                               "runs.")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        "--resolution", min=1, help="Evaluation resolution (default: the protocol's, "
-                                    "518).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0,
-                                             help="Seed (default: the protocol's).")] = None,
-    seeds: Annotated[str | None, typer.Option(
-        "--seeds", metavar="S1,S2,...", help="Run once per seed (training included), e.g. "
-                                             "111,112,113; the leaderboard shows mean +- std.")
-    ] = None,
-    skip_existing: Annotated[bool, typer.Option(
-        "--skip-existing", help="Skip targets whose result JSON exists (resumable "
-                                "sweeps).")] = False,
-    save_maps: SaveMaps = "0",
-    bootstrap: Bootstrap = 0,
-    cost: Cost = True,
-    sets: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="KEY=VALUE", help="Method config KEY=VALUE (repeatable; see zsbench "
-                                           "methods info).")] = None,
-    backbone: BackboneName = None,
-    pretrained: PretrainedAny = None,
-    image_size: ImageSize = None,
-    epochs: Epochs = None,
-    lr: LearningRate = None,
-    train_batch_size: TrainBatchSize = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(
-        "--checkpoint-dir", help="Where epoch checkpoints go.")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Resume training from the newest epoch checkpoint.")] = False,
-    preset: Preset = None,
-    precision: Precision = None,
-    skip_missing: Annotated[bool, typer.Option(
-        "--skip-missing", help="Run the prepared targets and list the missing ones (default: "
-                               "refuse before any work, listing them).")] = False,
+    method: Method, protocol: RunProtocol = "paper", data_dir: RunDataDir = DATA_DIR,
+    output_dir: RunOutputDir = Path("results"), device: AutoDevice = None,
+    batch_size: BatchSize = 8, num_workers: NumWorkers = None, limit: SmokeLimit = None,
+    resolution: RunResolution = None, seed: RunSeed = None, seeds: RunSeeds = None,
+    skip_existing: SkipExisting = False, save_maps: SaveMaps = "0",
+    bootstrap: Bootstrap = 0, cost: Cost = True, sets: RunSets = None,
+    backbone: BackboneName = None, pretrained: PretrainedAny = None,
+    image_size: ImageSize = None, epochs: Epochs = None, lr: LearningRate = None,
+    train_batch_size: TrainBatchSize = None, checkpoint_dir: CheckpointDir = None,
+    resume: ResumeRun = False, preset: Preset = None, precision: Precision = None,
+    skip_missing: SkipMissing = False,
 ) -> None:
     """Train (trainable methods) and evaluate a method on a protocol, writing one result
     JSON per target dataset."""
