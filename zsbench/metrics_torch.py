@@ -22,6 +22,28 @@ def _host(values: Any) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
+def _anomalous_regions(masks_b: np.ndarray, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, int]:
+    """Flat positions and region tags of the anomalous pixels (on ``device``), the regions'
+    weights and their number (8-connected regions per image, labelled on the host)."""
+    per_image = int(np.prod(masks_b.shape[1:])) if masks_b.ndim == 3 else 0
+    positions, tags, areas, n_regions = [], [], [], 0
+    for index, mask in enumerate(masks_b):
+        if not mask.any():
+            continue
+        labels, count = metrics._label_mask(mask)
+        flat_labels = labels.ravel()
+        where = np.flatnonzero(flat_labels)
+        positions.append(where + index * per_image)
+        tags.append(flat_labels[where].astype(np.int64) + n_regions)
+        areas.append(np.bincount(flat_labels, minlength=count + 1)[1:].astype(np.int64))
+        n_regions += count
+    tag_weights, n_regions = metrics._region_weights(areas)
+    position_t = torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *positions])).to(device)
+    tag_t = torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *tags])).to(device)
+    return position_t, tag_t, tag_weights, n_regions
+
+
 def pixel_metrics_torch(masks: Any, maps: torch.Tensor, steps: int = 200,
                         fpr_limit: float = 0.3) -> dict[str, float | None]:
     """pixel_auroc, pixel_ap, pixel_f1_max, aupro and aupro_legacy of float16/float32 ``maps``
@@ -42,21 +64,7 @@ def pixel_metrics_torch(masks: Any, maps: torch.Tensor, steps: int = 200,
         raise ValueError(f"maps must be finite; found {float(flat[where])!r} at flat index "
                          f"{where}")
     del finite
-    per_image = int(np.prod(masks_b.shape[1:])) if masks_b.ndim == 3 else 0
-    positions, tags, areas, n_regions = [], [], [], 0
-    for index, mask in enumerate(masks_b):
-        if not mask.any():
-            continue
-        labels, count = metrics._label_mask(mask)
-        flat_labels = labels.ravel()
-        where = np.flatnonzero(flat_labels)
-        positions.append(where + index * per_image)
-        tags.append(flat_labels[where].astype(np.int64) + n_regions)
-        areas.append(np.bincount(flat_labels, minlength=count + 1)[1:].astype(np.int64))
-        n_regions += count
-    tag_weights, n_regions = metrics._region_weights(areas)
-    position_t = torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *positions])).to(device)
-    tag_t = torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *tags])).to(device)
+    position_t, tag_t, tag_weights, n_regions = _anomalous_regions(masks_b, device)
     n_items, n_anomalous = flat.numel(), int(position_t.numel())
 
     sorted_all = torch.sort(flat).values
