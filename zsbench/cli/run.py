@@ -166,7 +166,7 @@ AutoDevice = Annotated[str | None, typer.Option("--device", callback=check_devic
                                                 help=AUTO_DEVICE_HELP)]
 NumWorkers = Annotated[int | None, typer.Option(
     "--num-workers", min=0, help="DataLoader workers decoding ahead of the forward (default: "
-                                 "min(8, cores - 1); env ZSBENCH_NUM_WORKERS).")]
+                                 "min(8, cores); env ZSBENCH_NUM_WORKERS).")]
 SmokeLimit = Annotated[int | None, typer.Option(
     "--limit", min=1, help="Images per category (a stratified seeded subset), for smoke runs.")]
 RunResolution = Annotated[int | None, typer.Option(
