@@ -143,3 +143,25 @@ def test_an_error_in_background_metrics_is_raised(method, records, monkeypatch):
     with pytest.raises(ZeroDivisionError, match="metrics bug"):
         evaluate_dataset(method, Dataset.from_list(records),
                          EvalSettings(resolution=56, metrics_workers=1))
+
+
+def test_streamed_maps_within_a_memory_budget_give_the_same_evaluation(method, records,
+                                                                       tmp_path):
+    from zsbench.metrics_store import _BASE_BYTES
+
+    data = Dataset.from_list(records)
+    kept = evaluate_dataset(method, data, EvalSettings(resolution=56, save_maps=1),
+                            samples_dir=tmp_path / "kept")
+    # a budget just above the fixed overhead: every category spills to disk
+    spilled = evaluate_dataset(method, data, EvalSettings(resolution=56, save_maps=1,
+                                                          max_memory=_BASE_BYTES + 1000),
+                               samples_dir=tmp_path / "spilled")
+    assert spilled.counts == kept.counts
+    for cat, values in kept.per_category.items():
+        for metric, value in values.items():
+            other = spilled.per_category[cat][metric]
+            assert (value is None and other is None) or abs(value - other) <= 1e-12
+    assert spilled.samples_scale == kept.samples_scale
+    assert [p.name for p in spilled.samples] == [p.name for p in kept.samples]
+    for a, b in zip(kept.samples, spilled.samples, strict=True):
+        assert a.read_bytes() == b.read_bytes()  # the same overlays, on the same scale

@@ -130,3 +130,12 @@ def test_cli_seeds_run_once_per_seed(synthetic_data_dir, tmp_path):
     assert both.exit_code == 1 and "--seed or --seeds" in both.output
     bad = CliRunner().invoke(app, ["run", "-m", "clip", "--save-maps", "some"])
     assert bad.exit_code == 2 and "'all'" in bad.output
+    small = CliRunner().invoke(app, ["run", "-m", "clip", "--max-memory", "10M"])
+    assert small.exit_code == 2 and "--max-memory" in small.output and "512M" in small.output
+
+
+def test_max_memory_sizes():
+    from zsbench.cli.run import _parse_bytes
+
+    assert _parse_bytes("8G") == 8 << 30 and _parse_bytes("512m") == 512 << 20
+    assert _parse_bytes("4e9") == 4_000_000_000 and _parse_bytes(None) is None

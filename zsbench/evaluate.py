@@ -30,6 +30,7 @@ from zsbench.errors import ConfigError
 from zsbench.evidence import EvidenceCollector, EvidenceSettings
 from zsbench.identity import MAP_DTYPE
 from zsbench.method import AnomalyMethod
+from zsbench.metrics_store import CategoryAccumulator
 from zsbench.preprocess import AnomalyImageDataset
 from zsbench.progress import ProgressCallback
 
@@ -63,6 +64,9 @@ class EvalSettings:
     seed: int = 111
     #: threads computing finished categories' metrics while the next is inferred (0: inline)
     metrics_workers: int = 1
+    #: bytes for one category's metrics (--max-memory): the maps stream to an exact
+    #: accumulator that spills to disk past it; None keeps each category in memory
+    max_memory: int | None = None
     #: bootstrap intervals and stored maps (--bootstrap, --save-maps all)
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
@@ -120,10 +124,18 @@ class _Inferred:
     masks: np.ndarray | None
     sample_images: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> input
     seconds: float = 0.0
+    #: maps streamed to the metrics within --max-memory instead of kept (maps/masks are None)
+    accumulator: CategoryAccumulator | None = None
+    regions: int = 0  # anomalous regions counted while streaming
+    sample_rows: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    bounds: tuple[float, float] | None = None  # min and max of the streamed maps
 
     @staticmethod
     def merge(parts: list[_Inferred], order: list[int]) -> _Inferred:
-        """The parts of several ranks put back into ``order`` (every index exactly once)."""
+        """The parts of several ranks put back into ``order`` (every index exactly once); a
+        single part (one process) is returned as it is."""
+        if len(parts) == 1 and parts[0].indices == list(order):
+            return parts[0]
         position = {index: row for part in parts for row, index in enumerate(part.indices)}
         owner = {index: part for part in parts for index in part.indices}
         if sorted(position) != sorted(order):
@@ -182,13 +194,18 @@ def _loader(method: AnomalyMethod, records: Any, plan: list[tuple[str, list[int]
 
 def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: list[int],
            settings: EvalSettings, keep_maps: bool, keep_images: set[int],
-           tick: Callable[[int], None]) -> _Inferred:
-    """Run ``method`` on one category's ``batches`` (its images ``indices``, in order)."""
+           tick: Callable[[int], None], stream: bool = False) -> _Inferred:
+    """Run ``method`` on one category's ``batches`` (its images ``indices``, in order); with
+    ``stream`` the maps go batch by batch to a :class:`CategoryAccumulator` bounded by
+    ``settings.max_memory`` (exact, out of core when needed) instead of being kept."""
     res, device = settings.resolution, torch.device(settings.device)
     n = len(indices)
+    keep = keep_maps and not stream
     out = _Inferred(list(indices), np.empty(n, dtype=np.float64),
-                    np.empty((n, res, res), dtype=MAP_DTYPE) if keep_maps else None,
-                    np.empty((n, res, res), dtype=bool) if keep_maps else None)
+                    np.empty((n, res, res), dtype=MAP_DTYPE) if keep else None,
+                    np.empty((n, res, res), dtype=bool) if keep else None)
+    if stream:
+        out.accumulator = CategoryAccumulator(settings.max_memory, expected_images=n)
     pos = 0
     for batch in batches:
         images = batch["image"].to(device, non_blocking=True)
@@ -200,8 +217,13 @@ def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: li
         if keep_maps:
             if anomaly_maps.shape[-1] != res or anomaly_maps.shape[-2] != res:
                 anomaly_maps = upsample(anomaly_maps.float(), res)
-            out.maps[pos:pos + b] = anomaly_maps.float().cpu().numpy()
-            out.masks[pos:pos + b] = batch["mask"].numpy() > 0
+            maps, masks = anomaly_maps.float().cpu().numpy(), batch["mask"].numpy() > 0
+            if stream:
+                _stream_batch(out, batch, maps, masks, keep_images, pos)
+            else:
+                out.maps[pos:pos + b], out.masks[pos:pos + b] = maps, masks
+        elif stream:
+            out.accumulator.append(batch["label"].numpy(), out.scores[pos:pos + b])
         out.seconds += time.perf_counter() - t0
         for j, index in enumerate(int(i) for i in batch["index"]):
             if index in keep_images:
@@ -213,6 +235,40 @@ def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: li
     return out
 
 
+def _stream_batch(out: _Inferred, batch: dict[str, Any], maps: np.ndarray, masks: np.ndarray,
+                  keep_images: set[int], pos: int) -> None:
+    """One batch (rows ``pos``..) of maps into the category's accumulator; its overlay rows,
+    region count and map range are kept."""
+    b = maps.shape[0]
+    out.accumulator.append(batch["label"].numpy(), out.scores[pos:pos + b], masks, maps)
+    out.regions += metrics.count_regions(masks)
+    low, high = float(maps.min()), float(maps.max())
+    out.bounds = (low, high) if out.bounds is None else (min(out.bounds[0], low),
+                                                         max(out.bounds[1], high))
+    for j, index in enumerate(int(i) for i in batch["index"]):
+        if index in keep_images:
+            out.sample_rows[index] = (masks[j].copy(), maps[j].copy())
+
+
+def _overlay_rows(inferred: _Inferred) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    """(input image, mask row, map row) of the images whose overlays are saved."""
+    if inferred.accumulator is not None:
+        return [(inferred.sample_images[i], *inferred.sample_rows[i])
+                for i in inferred.indices if i in inferred.sample_rows]
+    if inferred.maps is None:
+        return []
+    return [(inferred.sample_images[i], inferred.masks[row], inferred.maps[row].copy())
+            for row, i in enumerate(inferred.indices) if i in inferred.sample_images]
+
+
+def _map_bounds(inferred: _Inferred) -> tuple[float, float] | None:
+    if inferred.accumulator is not None:
+        return inferred.bounds
+    if inferred.maps is None or not inferred.maps.size:
+        return None
+    return float(inferred.maps.min()), float(inferred.maps.max())
+
+
 def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask: list[bool],
                       consume: bool = False
                       ) -> tuple[dict[str, float | None], dict[str, int]]:
@@ -221,12 +277,14 @@ def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask
     afterwards)."""
     indices = inferred.indices
     cat_labels = np.array([labels[i] for i in indices])
-    values = metrics.compute_metrics(cat_labels, inferred.scores, inferred.masks, inferred.maps,
-                                     consume=consume)
+    if inferred.accumulator is not None:
+        values, regions = inferred.accumulator.finish(), inferred.regions
+    else:
+        values = metrics.compute_metrics(cat_labels, inferred.scores, inferred.masks,
+                                         inferred.maps, consume=consume)
+        regions = metrics.count_regions(inferred.masks) if inferred.maps is not None else 0
     counts = {"images": len(indices), "anomalous": int(cat_labels.sum()),
-              "with_mask": sum(has_mask[i] for i in indices),
-              "regions": metrics.count_regions(inferred.masks) if inferred.maps is not None
-              else 0}
+              "with_mask": sum(has_mask[i] for i in indices), "regions": regions}
     logger.info("%s: %s", cat, {k: v for k, v in values.items() if v is not None})
     return values, counts
 
@@ -269,6 +327,19 @@ def evaluate_dataset(method: AnomalyMethod, records: Any, settings: EvalSettings
     return broadcast_from_main(job.evaluation(samples_dir) if job.world.is_main else None)
 
 
+def _can_stream(settings: EvalSettings, world: Any) -> bool:
+    """Whether maps stream to bounded-memory metrics (--max-memory): one process, and no
+    evidence that needs the whole category's maps (intervals, stored maps)."""
+    if settings.max_memory is None:
+        return False
+    needs_maps = settings.evidence.bootstrap > 0 or settings.evidence.store is not None
+    if needs_maps or world.world_size > 1:
+        logger.warning("--max-memory is ignored: %s keeps each category's maps in memory",
+                       "--bootstrap/--save-maps all" if needs_maps else "a distributed run")
+        return False
+    return True
+
+
 class _DatasetJob:
     """One dataset's evaluation: its categories inferred in order through one loader, each
     finished category's metrics and evidence computed in the background."""
@@ -291,6 +362,7 @@ class _DatasetJob:
         self.counts: dict[str, dict[str, int]] = {}
         self.collector = EvidenceCollector(settings.evidence)
         self.done, self.infer_s, self.current = 0, 0.0, ""
+        self.stream = _can_stream(settings, self.world)
         self.start = time.perf_counter()
 
     def tick(self, b: int) -> None:
@@ -310,9 +382,8 @@ class _DatasetJob:
                 f"{self.name}/{cat}", inferred, self.labels, self.has_mask)
         self.collector.add(cat, np.array([self.labels[i] for i in indices]), inferred.scores,
                            inferred.masks, inferred.maps, [self.image_ids[i] for i in indices],
-                           self.per_category.get(cat), {row: inferred.sample_images[i]
-                                                        for row, i in enumerate(indices)
-                                                        if i in inferred.sample_images})
+                           self.per_category.get(cat), _overlay_rows(inferred),
+                           _map_bounds(inferred))
         if not exact_first:
             self.per_category[cat], self.counts[cat] = _category_outcome(
                 f"{self.name}/{cat}", inferred, self.labels, self.has_mask, consume=True)
@@ -333,7 +404,7 @@ class _DatasetJob:
                 to_save = (_pick_samples(indices, self.labels, settings.save_maps)
                            if save_samples and keep_maps else set())
                 part = _infer(self.method, itertools.islice(batches, n_batches), own, settings,
-                              keep_maps, to_save, self.tick)
+                              keep_maps, to_save, self.tick, stream=self.stream)
                 self.infer_s += part.seconds
                 parts = [part] if self.by_category else gather_to_main(part)
                 if parts is not None:  # rank 0 (or the rank owning the category) finishes it

@@ -55,24 +55,26 @@ class EvidenceCollector:
 
     def add(self, category: str, labels: np.ndarray, scores: np.ndarray,
             masks: np.ndarray | None, maps: np.ndarray | None, image_ids: list[str],
-            metrics: dict[str, float | None], sample_rows: dict[int, Any]) -> None:
-        """One finished category; ``sample_rows`` maps a row to the input image of an overlay."""
+            metrics: dict[str, float | None] | None,
+            samples: list[tuple[Any, np.ndarray, np.ndarray]],
+            bounds: tuple[float, float] | None) -> None:
+        """One finished category: its data (``masks``/``maps`` may be None when the maps were
+        streamed to the metrics), its overlay ``samples`` (input image, mask row, map row) and
+        the ``bounds`` (min, max) of its maps."""
         data = CategoryData(labels=np.asarray(labels), scores=np.asarray(scores), masks=masks,
                             maps=maps, image_ids=image_ids)
         replicates = (category_replicates(category, data, self.settings.bootstrap,
                                           self.settings.bootstrap_seed, exact=metrics)
                       if self.settings.bootstrap > 0 else None)
-        samples = ([_Sample(category, image, masks[row], maps[row].copy())
-                    for row, image in sample_rows.items()] if maps is not None else [])
-        bounds = (float(maps.min()), float(maps.max())) if maps is not None and maps.size \
-            else None
+        kept = [_Sample(category, image, mask, anomaly_map)
+                for image, mask, anomaly_map in samples]
         with _LOCK:  # categories may finish in several threads at once
             if self.settings.store is not None:
                 write_category(self.settings.store, category, data,
                                self.settings.identity_key, self.settings.store_precision)
             if replicates is not None:
                 self.replicates[category], self.exact[category] = replicates, metrics
-            self.samples += samples
+            self.samples += kept
             if bounds is not None:
                 self.low, self.high = min(self.low, bounds[0]), max(self.high, bounds[1])
 

@@ -76,6 +76,7 @@ class RunOptions:
     save_maps: int | str = 0  # overlay PNGs per category, or "all": every map stored (+4 PNGs)
     bootstrap: int = 0  # replicates of the 95 % bootstrap intervals (0: none)
     cost: bool = True  # measure latency, throughput, memory and FLOPs into the result
+    max_memory: int | None = None  # bytes for a category's metrics; past it they spill to disk
     checkpoint_dir: Path | None = None  # default: <output_dir>/checkpoints
     checkpoint: Path | None = None  # evaluate this trained checkpoint instead of training
     resume: bool = False
@@ -321,7 +322,8 @@ def run(method_name: str, protocol_id: str, overrides: dict[str, Any] | None = N
                             device=options.device, limit=options.limit,
                             save_maps=options.overlays, seed=protocol.seed,
                             evidence=EvidenceSettings(bootstrap=options.bootstrap,
-                                                      bootstrap_seed=protocol.seed))
+                                                      bootstrap_seed=protocol.seed),
+                            max_memory=options.max_memory)
     groups = _group_targets(cls, protocol)
     all_targets = list(dict.fromkeys(t for ts in groups.values() for t in ts))
     ensure_writable_dir(options.output_dir, "output folder (--output-dir)")

@@ -146,6 +146,27 @@ SaveMaps = Annotated[str, typer.Option(
 Bootstrap = Annotated[int, typer.Option(
     "--bootstrap", min=0, metavar="N", help="Bootstrap replicates of 95 % intervals for every "
                                             "metric (0: none; 1000 is usual).")]
+def _parse_bytes(value: str | int | None) -> int | None:
+    """``4G``, ``512M``, ``4e9`` -> bytes (K, M, G, T are powers of 1024)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip().upper().removesuffix("B")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if factor > 1 else text) * factor
+    except ValueError:
+        raise typer.BadParameter(f"expects a size such as 8G, 512M or 4e9, got {value!r}"
+                                 ) from None
+    if number < 1 << 29:
+        raise typer.BadParameter(f"expects at least 512M (the metrics' fixed overhead is "
+                                 f"384M), got {value!r}")
+    return int(number)
+
+
+MaxMemory = Annotated[str | None, typer.Option(
+    "--max-memory", metavar="SIZE", callback=_parse_bytes,
+    help="Memory for one category's metrics, e.g. 8G: larger categories are ranked exactly out "
+         "of core (on disk); default: each category in memory.")]
 Cost = Annotated[bool, typer.Option(
     "--cost/--no-cost", help="Measure latency, throughput, peak memory and FLOPs into the "
                              "result.")]
@@ -201,7 +222,7 @@ def run_cmd(
     image_size: ImageSize = None, epochs: Epochs = None, lr: LearningRate = None,
     train_batch_size: TrainBatchSize = None, checkpoint_dir: CheckpointDir = None,
     resume: ResumeRun = False, preset: Preset = None, precision: Precision = None,
-    skip_missing: SkipMissing = False,
+    skip_missing: SkipMissing = False, max_memory: MaxMemory = None,
 ) -> None:
     """Train (trainable methods) and evaluate a method on a protocol, writing one result
     JSON per target dataset."""
@@ -217,6 +238,7 @@ def run_cmd(
                              else num_workers,
                              resolution=resolution, seed=one_seed, skip_existing=skip_existing,
                              save_maps=save_maps, bootstrap=bootstrap, cost=cost,
+                             max_memory=max_memory,  # bytes: parsed by _parse_bytes
                              checkpoint_dir=checkpoint_dir, resume=resume,
                              skip_missing=skip_missing,
                              train_overrides=_train_overrides(epochs, lr, train_batch_size))
@@ -301,6 +323,7 @@ def evaluate_cmd(
     save_maps: SaveMaps = "0",
     bootstrap: Bootstrap = 0,
     cost: Cost = True,
+    max_memory: MaxMemory = None,
 ) -> None:
     """Evaluate a trained checkpoint on a protocol's targets (no training)."""
     from zsbench.runner import RunOptions, checkpoint_method
@@ -309,7 +332,8 @@ def evaluate_cmd(
     options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
                          batch_size=batch_size, limit=limit, resolution=resolution,
                          skip_existing=skip_existing, save_maps=save_maps,
-                         bootstrap=bootstrap, cost=cost, checkpoint=checkpoint)
+                         bootstrap=bootstrap, cost=cost, max_memory=max_memory,
+                         checkpoint=checkpoint)
     _report(_run_library(method, protocol, config, options))
 
 
