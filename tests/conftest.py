@@ -62,3 +62,14 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
                             n_anomalous=2)
     prepare("synthetic_a", root / "raw_a", root / "data")
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def colour_deviation():
+    """The test-only ``ColourDeviation`` detector registered as ``test_colour_deviation``."""
+    from tests.method_fixtures import ColourDeviation
+    from zsbench.registry import METHODS
+
+    METHODS.register("test_colour_deviation", ColourDeviation)
+    yield ColourDeviation
+    METHODS.unregister("test_colour_deviation")

@@ -46,7 +46,7 @@ class LinearProbe(AnomalyMethod):
 
 
 def register_test_methods() -> None:
-    from tests.test_runner import ColourDeviation
+    from tests.method_fixtures import ColourDeviation
     from zsbench.registry import METHODS
 
     for name, cls in (("test_colour_deviation", ColourDeviation),

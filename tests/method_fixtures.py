@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset
 
 from zsbench.backbone import Backbone, load_backbone
+from zsbench.method import AnomalyMethod, MethodInfo, Prediction
 from zsbench.preprocess import AnomalyImageDataset
 
 SIZE = 56  # a 4x4 patch grid on zsbench-tiny (patch 14)
@@ -31,3 +32,16 @@ def trainer_batch(records: Sequence[dict[str, Any]], backbone: Backbone, size: i
             "mask": torch.stack([item["mask"] for item in items]).float(),  # as the trainer
             "label": torch.tensor([item["label"] for item in items]),
             "class_name": [item["class_name"] for item in items]}
+
+
+class ColourDeviation(AnomalyMethod):
+    """A test-only detector: each pixel's colour distance from the image's median colour (a
+    fair detector of the synthetic defects, so a pipeline's numbers are checkable)."""
+
+    info = MethodInfo(name="test_colour_deviation", title="Colour deviation (test)",
+                      paper="test", trainable=False)
+
+    def _predict(self, images, class_names):
+        median = images.flatten(2).median(dim=2).values[:, :, None, None]
+        maps = (images - median).norm(dim=1)
+        return Prediction(maps.flatten(1).amax(1), maps)

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_runner import TINY, ColourDeviation
+from tests.method_fixtures import TINY
 from zsbench.cli import app
-from zsbench.registry import METHODS
 from zsbench.results import read_result
 from zsbench.runner import RunOptions, run
 
@@ -20,11 +19,7 @@ COMMON = ["--data-dir", None, "--backbone", "zsbench-tiny", "--pretrained", "non
           "--image-size", "56", "--resolution", "64", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def registered():
-    METHODS.register("test_colour_deviation", ColourDeviation)
-    yield
-    METHODS.unregister("test_colour_deviation")
+pytestmark = pytest.mark.usefixtures("colour_deviation")
 
 
 def _run(data, out, **kw):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_runner import TINY, ColourDeviation
+from tests.method_fixtures import TINY, ColourDeviation
 from zsbench.errors import CheckpointError, ConfigError, DataError
 from zsbench.identity import identity_differences, run_identity, settings_folder
 from zsbench.protocols import Protocol
@@ -28,11 +28,7 @@ def data_dir(synthetic_data_dir) -> Path:
     return synthetic_data_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def registered():
-    METHODS.register("test_colour_deviation", ColourDeviation)
-    yield
-    METHODS.unregister("test_colour_deviation")
+pytestmark = pytest.mark.usefixtures("colour_deviation")
 
 
 def _options(data_dir, out, **kw):

@@ -11,22 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from zsbench.method import AnomalyMethod, MethodInfo, Prediction
-from zsbench.registry import METHODS
 from zsbench.results import read_result
 from zsbench.runner import RunOptions, run
 
 TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": 56}
-
-
-class ColourDeviation(AnomalyMethod):
-    info = MethodInfo(name="test_colour_deviation", title="Colour deviation (test)",
-                      paper="test", trainable=False)
-
-    def _predict(self, images, class_names):
-        median = images.flatten(2).median(dim=2).values[:, :, None, None]
-        maps = (images - median).norm(dim=1)
-        return Prediction(maps.flatten(1).amax(1), maps)
 
 
 @pytest.fixture
@@ -34,11 +22,7 @@ def data_dir(synthetic_data_dir) -> Path:
     return synthetic_data_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def registered():
-    METHODS.register("test_colour_deviation", ColourDeviation)
-    yield
-    METHODS.unregister("test_colour_deviation")
+pytestmark = pytest.mark.usefixtures("colour_deviation")
 
 
 def _options(data_dir, out, **kw):
