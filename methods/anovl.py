@@ -228,6 +228,9 @@ class AnoVLConfig(MethodConfig):
     patch_mean_filter: bool = option(True, "3x3 mean filter on the patch-level map with "
                                            "replicated borders (vl_test.py avg_pool2d)")
     sigma: float = option(0.0, "Gaussian sigma of the pixel map in pixels (upstream: none)")
+    chunk_size: int = option(8, "images encoded and adapted at a time: the evaluator gives a "
+                                "transductive method its whole category as one batch",
+                             compute_only=True)
 
 
 class LinearAdapter(nn.Module):
@@ -512,6 +515,13 @@ class AnoVL(AnomalyMethod):
         return image_scores, grid
 
     def _predict(self, images: Tensor, class_names: Sequence[str]) -> Prediction:
-        image_scores, grid = self.patch_scores(images, class_names)
-        maps = upsample(grid, images.shape[-1], align_corners=self.config.map_align_corners)
-        return Prediction(image_scores, gaussian_smooth(maps, self.config.sigma))
+        """Images are adapted one after the other in batch order, ``chunk_size`` encoded at a
+        time (the same numbers for any chunk size)."""
+        scores, maps = [], []
+        for part in self.chunks(images.shape[0], self.config.chunk_size):
+            image_scores, grid = self.patch_scores(images[part], class_names[part])
+            scores.append(image_scores)
+            maps.append(gaussian_smooth(upsample(grid, images.shape[-1],
+                                                 align_corners=self.config.map_align_corners),
+                                        self.config.sigma))
+        return Prediction(torch.cat(scores), torch.cat(maps))

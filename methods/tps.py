@@ -23,9 +23,8 @@ never stepped (a no-op); the pathway also registers ``visual.proj``, which gets 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,26 +138,6 @@ class Pathway(nn.Module):
         return c + self.feed_forward(self.ln_3(c))
 
 
-@contextlib.contextmanager
-def text_projection_replaced(backbone: nn.Module, projection: Tensor | None) -> Iterator[None]:
-    """Within the block, the backbone's text tower projects with ``projection`` (None: as is).
-
-    The frozen backbone parameter is put back afterwards, untouched."""
-    if projection is None:
-        yield
-        return
-    tower = getattr(backbone.model, "text", backbone.model)
-    original = tower._parameters.get("text_projection")
-    if original is None:
-        raise ValueError(f"train_text_projection needs a text tower with a text_projection "
-                         f"matrix; backbone {backbone.name!r} has none")
-    tower._parameters["text_projection"] = projection
-    try:
-        yield
-    finally:
-        tower._parameters["text_projection"] = original
-
-
 @register_method
 class TPS(AnomalyMethod):
     """Global prompts for the image score, shunt prompts refined per layer by a pathway."""
@@ -220,8 +199,9 @@ class TPS(AnomalyMethod):
 
     def text_embeddings(self) -> tuple[Tensor, Tensor]:
         """Unnormalised global and shunt embeddings, ``[2, D]`` each (normal, abnormal)."""
-        with text_projection_replaced(self.backbone, self.text_projection):
-            return self.global_prompts(), self.shunt_prompts()
+        projection = self.text_projection
+        return (self.global_prompts(text_projection=projection),
+                self.shunt_prompts(text_projection=projection))
 
     # -- forward ---------------------------------------------------------------------------------
     def encode(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:

@@ -139,7 +139,7 @@ def test_an_error_in_background_metrics_is_raised(method, records, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("metrics bug")
 
-    monkeypatch.setattr(evaluate.metrics, "compute_metrics", broken)
+    monkeypatch.setattr(evaluate.metrics, "category_metrics", broken)
     with pytest.raises(ZeroDivisionError, match="metrics bug"):
         evaluate_dataset(method, Dataset.from_list(records),
                          EvalSettings(resolution=56, metrics_workers=1))

@@ -82,7 +82,9 @@ def test_cost_leakage_and_kind_are_recorded(synthetic_data_dir, tmp_path):
     assert cost["trainable_parameters"] == 0 and cost["training_time_s"] is None
     assert cost["flops_per_image"] == 0  # median and norm: torch counts matmuls and convs
     assert result["leakage"]["zero_shot"] is True and result["leakage"]["auxiliary"] == []
-    assert result["method_kind"] == {"trainable": False, "transductive": False}
+    assert result["method_kind"] == {"trainable": False, "transductive": False,
+                                     "stochastic": False, "few_shot": False,
+                                     "kinds": ["training-free"]}
     assert "cost" not in _run(synthetic_data_dir, tmp_path / "nocost", cost=False)
 
 

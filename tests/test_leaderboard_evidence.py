@@ -34,6 +34,8 @@ from zsbench.leaderboard.site_data import (
 TRAINED = {"trainable": True, "transductive": False}
 FREE = {"trainable": False, "transductive": False}
 TRANSDUCTIVE = {"trainable": False, "transductive": True}
+STOCHASTIC = {"trainable": True, "transductive": False, "stochastic": True, "few_shot": False,
+              "kinds": ["auxiliary-trained", "stochastic"], "samples": 10, "seed": 111}
 
 
 def seeded(seed: int, auroc: tuple[float, float], **kw: Any) -> dict[str, Any]:
@@ -287,6 +289,19 @@ def test_kind_filter_and_labels_in_the_table_model(evidence_data: dict[str, Any]
         "reproduced/AnoVL/444444444444/zero-shot"]
     assert len(page_model(evidence_data, mkind="trained")["rows"]) == 2
     assert len(page_model(evidence_data, mkind="training-free")["rows"]) == 2
+    assert page_model(evidence_data, mkind="stochastic")["rows"] == []
+
+
+@needs_node
+def test_stochastic_filter_in_the_table_model() -> None:
+    data = data_of([*evidence_results(), make_result(
+        "Bayes-PFL", "mvtec", {"bottle": {"image_auroc": 0.9}, "cable": {"image_auroc": 0.9}},
+        config_hash="666666666666", protocol="visa->all", trained_on=("visa",),
+        method_kind=STOCHASTIC)])
+    assert page_model(data, mkind="stochastic")["rows"] == [
+        "reproduced/Bayes-PFL/666666666666/visa->all"]
+    assert "reproduced/Bayes-PFL/666666666666/visa->all" in page_model(data, mkind="trained")[
+        "rows"]
 
 
 @needs_node

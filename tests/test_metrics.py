@@ -417,3 +417,19 @@ def test_bad_input_names_the_value(call, error: type[Exception], message: str) -
     masks, maps = blob_case()
     with pytest.raises(error, match=message):
         call(masks, maps)
+
+
+def test_category_metrics_counts_the_regions_of_its_own_labelling():
+    from zsbench.metrics import category_metrics, compute_metrics, count_regions
+
+    rng = np.random.default_rng(4)
+    masks = np.zeros((5, 20, 20), dtype=bool)
+    masks[1, 2:5, 2:5] = masks[1, 10:12, 10:15] = True  # two regions
+    masks[3, 0:3, 17:20] = masks[3, 4, 4] = masks[3, 5, 5] = True  # 8-connected: two regions
+    labels = masks.reshape(5, -1).any(1).astype(int)
+    maps = rng.random((5, 20, 20)).astype(np.float32)
+    scores = rng.random(5)
+    values, regions = category_metrics(labels, scores, masks, maps)
+    assert regions == count_regions(masks) == 4
+    assert values == compute_metrics(labels, scores, masks, maps)
+    assert category_metrics(labels, scores)[1] == 0

@@ -250,13 +250,13 @@ def test_float32_maps_reach_the_metrics(data_dir, tmp_path, monkeypatch):
             return scores, maps + 1e-4 * torch.rand_like(maps)  # differences below fp16 steps
 
     seen = []
-    original = evaluate.metrics.compute_metrics
+    original = evaluate.metrics.category_metrics
 
     def spy(labels, scores, masks, maps, **kwargs):
         seen.append(maps.copy())
         return original(labels, scores, masks, maps, **kwargs)
 
-    monkeypatch.setattr(evaluate.metrics, "compute_metrics", spy)
+    monkeypatch.setattr(evaluate.metrics, "category_metrics", spy)
     METHODS.register("test_fine_maps", FineMaps)
     try:
         run("test_fine_maps", "none->synthetic_b", TINY, _options(data_dir, tmp_path, limit=2))

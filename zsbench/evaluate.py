@@ -129,6 +129,7 @@ class _Inferred:
     regions: int = 0  # anomalous regions counted while streaming
     sample_rows: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     bounds: tuple[float, float] | None = None  # min and max of the streamed maps
+    reference_pool: int | None = None  # transductive: images scored together (the category)
 
     @staticmethod
     def merge(parts: list[_Inferred], order: list[int]) -> _Inferred:
@@ -192,14 +193,32 @@ def _loader(method: AnomalyMethod, records: Any, plan: list[tuple[str, list[int]
     return iter(loader), sampler.batches_per_category
 
 
+def whole_category(batches: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loader batches of one category joined into one batch (tensors concatenated, lists
+    extended): a transductive method's batch is its whole category, whatever the loader's
+    batch size."""
+    parts = list(batches)
+    if len(parts) <= 1:
+        return parts
+    joined: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        values = [part[key] for part in parts]
+        joined[key] = (torch.cat(values) if isinstance(first, torch.Tensor)
+                       else [v for value in values for v in value])
+    return [joined]
+
+
 def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: list[int],
            settings: EvalSettings, keep_maps: bool, keep_images: set[int],
            tick: Callable[[int], None], stream: bool = False) -> _Inferred:
     """Run ``method`` on one category's ``batches`` (its images ``indices``, in order); with
     ``stream`` the maps go batch by batch to a :class:`CategoryAccumulator` bounded by
-    ``settings.max_memory`` (exact, out of core when needed) instead of being kept."""
+    ``settings.max_memory`` (exact, out of core when needed) instead of being kept. A
+    transductive method gets the category as one batch (:func:`whole_category`)."""
     res, device = settings.resolution, torch.device(settings.device)
     n = len(indices)
+    if method.info.transductive:
+        batches = whole_category(batches)
     keep = keep_maps and not stream
     out = _Inferred(list(indices), np.empty(n, dtype=np.float64),
                     np.empty((n, res, res), dtype=MAP_DTYPE) if keep else None,
@@ -232,6 +251,8 @@ def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: li
         tick(b)
     if pos != n:
         raise RuntimeError(f"the loader gave {pos} images for a category of {n}")
+    if method.info.transductive:
+        out.reference_pool = n
     return out
 
 
@@ -280,11 +301,12 @@ def _category_outcome(cat: str, inferred: _Inferred, labels: list[int], has_mask
     if inferred.accumulator is not None:
         values, regions = inferred.accumulator.finish(), inferred.regions
     else:
-        values = metrics.compute_metrics(cat_labels, inferred.scores, inferred.masks,
-                                         inferred.maps, consume=consume)
-        regions = metrics.count_regions(inferred.masks) if inferred.maps is not None else 0
+        values, regions = metrics.category_metrics(cat_labels, inferred.scores, inferred.masks,
+                                                   inferred.maps, consume=consume)
     counts = {"images": len(indices), "anomalous": int(cat_labels.sum()),
               "with_mask": sum(has_mask[i] for i in indices), "regions": regions}
+    if inferred.reference_pool is not None:  # a transductive method saw these images together
+        counts["reference_pool"] = inferred.reference_pool
     logger.info("%s: %s", cat, {k: v for k, v in values.items() if v is not None})
     return values, counts
 
@@ -356,7 +378,10 @@ class _DatasetJob:
         self.selected = select_indices(list(records["category"]), self.labels, settings.limit,
                                        settings.seed)
         self.world = current_world()
-        self.by_category = method.info.transductive and self.world.world_size > 1
+        # a transductive method's pool and a stochastic method's per-category draws are never
+        # split across ranks: each rank takes whole categories
+        self.by_category = ((method.info.transductive or method.info.stochastic)
+                            and self.world.world_size > 1)
         self.mine, self.total = _rank_share(self.selected, self.by_category, self.world)
         self.per_category: dict[str, dict[str, float | None]] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -398,7 +423,7 @@ class _DatasetJob:
         with _MetricsPool(settings.metrics_workers) as pool:
             for (cat, own), n_batches in zip(plan, per_plan, strict=True):
                 self.current = cat
-                self.method.start_category(cat)
+                self.method.begin_category(cat, settings.seed)
                 indices = self.selected[cat]
                 keep_maps = any(self.has_mask[i] for i in indices)
                 to_save = (_pick_samples(indices, self.labels, settings.save_maps)

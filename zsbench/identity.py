@@ -44,9 +44,19 @@ def weights_identity(pretrained: str | Path | None) -> str | None:
     return str(pretrained)
 
 
+def _compute_only(method: str) -> frozenset[str]:
+    from zsbench.method import compute_only_fields
+    from zsbench.registry import METHODS
+
+    if method not in METHODS:  # e.g. a result read without its plugin installed: keep all
+        return frozenset()
+    return compute_only_fields(METHODS.get(method).config_class)
+
+
 def method_identity(method: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The method and its config as they enter the identity (weights file by content)."""
-    values = dict(config)
+    """The method and its config as they enter the identity (weights file by content; the
+    method's compute-only fields, such as chunk sizes, left out)."""
+    values = {k: v for k, v in config.items() if k not in _compute_only(method)}
     if "pretrained" in values:
         values["pretrained"] = weights_identity(values["pretrained"])
     return {"method": method, "config": values}

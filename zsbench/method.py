@@ -4,7 +4,9 @@ A method is a ``torch.nn.Module`` over the shared backbone. It declares a config
 (subclass of :class:`MethodConfig`) and a :class:`MethodInfo`, and implements :meth:`_predict`
 (its own scoring step; the public :meth:`AnomalyMethod.predict` checks the batch and the output
 around it); a trainable method also implements :meth:`loss` and :meth:`parameter_groups`. Optional
-hooks: :meth:`start_category`, :meth:`describe_prompts`, :meth:`convert_upstream_checkpoint`.
+hooks: :meth:`start_category`, :meth:`start_epoch`, :meth:`describe_prompts`,
+:meth:`convert_upstream_checkpoint`. Its kind (training-free, auxiliary-trained, transductive,
+stochastic, few-shot) is declared in :class:`MethodInfo` and enforced by the evaluator.
 It registers with ``@register_method`` under its ``info.name``. Methods never open files, parse
 datasets or compute metrics: the trainer and the evaluator do that.
 """
@@ -30,12 +32,23 @@ from zsbench.registry import METHODS
 logger = logging.getLogger(__name__)
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with a help text (shown by ``zsbench methods info``)."""
+def option(default: Any, help: str, compute_only: bool = False) -> Any:
+    """A config field with a help text (shown by ``zsbench methods info``).
+
+    ``compute_only`` marks a field that changes how a number is computed but never the number
+    (a chunk size bounding memory; tests prove the invariance): it stays out of the run
+    identity and the config hash (:func:`compute_only_fields`)."""
+    metadata = {"help": help, "compute_only": compute_only}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default),
-                                 metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+                                 metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def compute_only_fields(config_class: type) -> frozenset[str]:
+    """The config fields declared with ``option(..., compute_only=True)``."""
+    return frozenset(f.name for f in dataclasses.fields(config_class)
+                     if f.metadata.get("compute_only"))
 
 
 @dataclass
@@ -62,18 +75,44 @@ class MethodConfig:
                    "AnomalyCLIP family) or bilinear (torchvision Resize's default on PIL images)")
 
 
+#: the kinds of method (``MethodInfo.kinds``), in the order they are listed
+METHOD_KINDS = ("training-free", "auxiliary-trained", "transductive", "stochastic", "few-shot")
+
+
 @dataclass(frozen=True)
 class MethodInfo:
-    """What ``zsbench methods list`` shows about a method."""
+    """What ``zsbench methods list`` shows about a method, including its kind (taxonomy).
+
+    The runner enforces the kind: a **transductive** method's batch is a whole category (its
+    reference pool: the other unlabelled test images of that category, recorded in the result),
+    never a fixed-size slice; a **stochastic** method samples at test time from a generator
+    seeded by the run seed and the category (``AnomalyMethod.sampling_generator``) and its
+    config has a ``samples`` field (``--samples``), both recorded in the result's identity; an
+    **auxiliary-trained** method is trained on the protocol's auxiliary data first."""
 
     name: str
     title: str
     paper: str  # citation, e.g. "Zhou et al., AnomalyCLIP, ICLR 2024"
-    trainable: bool
-    transductive: bool = False  # adapts on the test images themselves (e.g. AnoVL): taxonomy
+    trainable: bool  # auxiliary-trained (else training-free)
+    transductive: bool = False  # uses the category's other test images (MuSc) or adapts on them
     code: str = ""  # upstream repository
     license: str = ""
     class_aware: bool = False  # uses the category word in prompts
+    stochastic: bool = False  # samples at test time (Bayes-PFL's prompt distribution)
+    few_shot: bool = False  # uses k normal reference images of the target category
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The method's kinds, e.g. ``("training-free", "transductive")`` (``METHOD_KINDS``)."""
+        flags = {"transductive": self.transductive, "stochastic": self.stochastic,
+                 "few-shot": self.few_shot}
+        base = "auxiliary-trained" if self.trainable else "training-free"
+        return (base, *(kind for kind in METHOD_KINDS[2:] if flags[kind]))
+
+    @property
+    def kind(self) -> str:
+        """The kinds joined for display, e.g. ``"training-free, transductive"``."""
+        return ", ".join(self.kinds)
 
 
 class Prediction(NamedTuple):
@@ -149,12 +188,44 @@ class AnomalyMethod(nn.Module):
         """Called by the evaluator before the first image of each category; a method that keeps
         state across images (AnoVL's per-class test-time optimizer) resets it here."""
 
+    def begin_category(self, category: str, seed: int) -> None:
+        """What the evaluator calls before each category: seeds :attr:`sampling_generator`
+        from ``seed`` and the category (so a stochastic method's samples do not depend on
+        the order or the batching of categories), then calls :meth:`start_category`."""
+        digest = hashlib.sha256(f"{int(seed)}:{category}".encode()).digest()
+        self._sampling_seed = int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+        self._sampling_generator = None
+        self.start_category(category)
+
+    @property
+    def sampling_generator(self) -> torch.Generator:
+        """The generator a stochastic method draws its test-time samples from, on the
+        backbone's device; seeded by :meth:`begin_category` (seed 0 before any category)."""
+        generator = getattr(self, "_sampling_generator", None)
+        device = self.backbone.device if hasattr(self.backbone, "device") else "cpu"
+        if generator is None or generator.device != torch.device(device):
+            generator = torch.Generator(device=device)
+            generator.manual_seed(getattr(self, "_sampling_seed", 0))
+            self._sampling_generator = generator
+        return generator
+
+    def chunks(self, count: int, size: int) -> list[slice]:
+        """Slices of ``range(count)`` of at most ``size`` items: how a transductive method,
+        whose batch is a whole category, runs its forward in bounded memory."""
+        if size < 1:
+            raise ConfigError(f"{self.info.name}: chunk size must be >= 1, got {size}")
+        return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
     # -- training (trainable methods only) ---------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Training loss of a batch with keys ``image`` [B,3,S,S], ``mask`` [B,S,S] in {0,1},
         ``label`` [B] (0 normal, 1 anomaly) and ``class_name`` (B words); returns the total loss
         and its named parts for logging."""
         raise NotImplementedError(f"method {self.info.name!r} is training-free")
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each training epoch (1-indexed, of ``epochs``; also the
+        first epoch after a resume): a method trained in stages (AA-CLIP) switches here."""
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups (``{"params": [...], "lr": ...}``); empty if training-free.
@@ -212,6 +283,34 @@ class AnomalyMethod(nn.Module):
             value = getattr(self.config, name)
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+
+
+def check_method_class(cls: type) -> None:
+    """The contract a method class meets, checked once when it registers: an ``info``
+    (:class:`MethodInfo`), a ``config_class`` (a :class:`MethodConfig` dataclass), ``_predict``;
+    a trainable method overrides ``loss`` and ``parameter_groups``; a stochastic method's config
+    has an integer ``samples`` field. Raises ``TypeError`` naming the class and what is missing."""
+    name = getattr(cls, "__name__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):
+        raise TypeError(f"{name} is not an AnomalyMethod subclass")
+    info = getattr(cls, "info", None)
+    if not isinstance(info, MethodInfo):
+        raise TypeError(f"method class {name} needs an info = MethodInfo(...)")
+    if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, MethodConfig)
+            and dataclasses.is_dataclass(cls.config_class)):
+        raise TypeError(f"method {info.name!r}: config_class must be a MethodConfig dataclass")
+    missing = [hook for hook in ("_predict",) if getattr(cls, hook) is getattr(AnomalyMethod, hook)]
+    if info.trainable:
+        missing += [hook for hook in ("loss", "parameter_groups")
+                    if getattr(cls, hook) is getattr(AnomalyMethod, hook)]
+    if missing:
+        raise TypeError(f"method {info.name!r} ({info.kind}) does not implement "
+                        f"{', '.join(missing)}")
+    if info.stochastic:
+        fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+        if "samples" not in fields or fields["samples"].type not in (int, "int"):
+            raise TypeError(f"method {info.name!r} is stochastic: its config needs an integer "
+                            f"'samples' field (the number of test-time samples, --samples)")
 
 
 # -- config handling ---------------------------------------------------------------------------
@@ -317,6 +416,7 @@ def describe_method(name: str) -> dict[str, Any]:
     describe_prompts = getattr(cls, "describe_prompts", None)
     prompts = describe_prompts(defaults) if describe_prompts else {}
     info = dataclasses.asdict(cls.info)
+    info["kinds"], info["kind"] = list(cls.info.kinds), cls.info.kind
     info["source"] = entry.source
     presets = {name: dict(values) for name, values in cls.presets.items()}
     return {"info": info, "options": options, "prompts": prompts, "presets": presets}

@@ -568,13 +568,23 @@ def aupro_legacy(masks: ArrayLike, maps: ArrayLike, steps: int = 200,
 def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | None = None,
                     maps: ArrayLike | None = None, *,
                     consume: bool = False) -> dict[str, float | None]:
+    """All :data:`METRIC_NAMES` for one category (see :func:`category_metrics`, which also
+    returns the number of ground-truth regions)."""
+    return category_metrics(labels, scores, masks, maps, consume=consume)[0]
+
+
+def category_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | None = None,
+                     maps: ArrayLike | None = None, *, consume: bool = False
+                     ) -> tuple[dict[str, float | None], int]:
     """All :data:`METRIC_NAMES` for one category, from one sort of the image and pixel scores.
 
     ``masks`` (all-zero for normal images) and ``maps`` are ``[N, H, W]`` for the same N images as
     ``labels``/``scores``; without masks every pixel metric is None. ``consume=True`` lets a
     writable C-contiguous float32 ``maps`` be overwritten (see :func:`rank_pixels_in_place`):
     same values, 6.0 instead of 17.3 bytes per pixel with the inputs (measured: 1,000 maps of
-    518x518, 1 % anomalous pixels; benchmarks/bench_metrics_memory.py).
+    518x518, 1 % anomalous pixels; benchmarks/bench_metrics_memory.py). The second value is
+    the number of 8-connected ground-truth regions (:func:`count_regions`), taken from the
+    labelling AUPRO needs anyway (0 without masks).
     """
     image_ranked = rank_scores(labels, scores)
     both_classes = image_ranked.n_anomalous > 0 and image_ranked.n_normal > 0
@@ -585,7 +595,7 @@ def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | Non
     }
     if masks is None:
         result.update(dict.fromkeys(METRIC_NAMES[3:]))
-        return result
+        return result, 0
     if maps is None:
         raise ValueError("maps is None but masks were given; pass the anomaly maps too")
     n_images = len(np.asarray(labels))
@@ -600,7 +610,7 @@ def compute_metrics(labels: ArrayLike, scores: ArrayLike, masks: ArrayLike | Non
         "aupro": aupro_from_ranked(pixel_ranked),
         "aupro_legacy": aupro_legacy_from_ranked(pixel_ranked),
     })
-    return result
+    return result, pixel_ranked.n_regions
 
 
 def summarize(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

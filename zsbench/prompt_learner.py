@@ -178,7 +178,8 @@ class PromptLearner(nn.Module):
 
     def forward(self, class_names: Sequence[str] | None = None, ctx_bias: Tensor | None = None,
                 prompts: Sequence[int] | None = None,
-                ctx_bias_groups: Collection[str] | None = None) -> Tensor:
+                ctx_bias_groups: Collection[str] | None = None,
+                text_projection: Tensor | None = None) -> Tensor:
         """Unnormalised text embeddings of the prompts.
 
         Args:
@@ -189,6 +190,8 @@ class PromptLearner(nn.Module):
             ctx_bias_groups: with ``ctx_groups``, add ``ctx_bias`` only to the context pieces of
                 these groups (FAPrompt biases each abnormal prompt's own ctx, not the shared
                 normal ctx); default: every context vector.
+            text_projection: a projection used instead of the text tower's own (see
+                :meth:`Backbone.encode_text`).
 
         Returns:
             ``[([B,] [C,] P, embed_dim)]``: ``[P, D]``, ``[C, P, D]``, ``[B, P, D]`` or
@@ -208,7 +211,7 @@ class PromptLearner(nn.Module):
             all_embeddings.append(self._splice_context(ids, ctx, (*batch_shape, len(names))))
         encoded = self._encode(torch.stack(all_ids, dim=1),  # [C, P, L]
                                torch.stack(all_embeddings, dim=-3),  # [*batch, C, P, L, W]
-                               batch_shape)
+                               batch_shape, text_projection)
         return encoded if class_names is not None else encoded.squeeze(-3)
 
     def _forward_arguments(self, class_names: Sequence[str] | None, ctx_bias: Tensor | None,
@@ -257,13 +260,15 @@ class PromptLearner(nn.Module):
         return torch.cat([tokens[:, :1].expand(*full_shape, 1, width), ctx,
                           tokens[:, 1 + n_ctx:].expand(*full_shape, -1, width)], dim=-2)
 
-    def _encode(self, ids: Tensor, embeddings: Tensor, batch_shape: tuple[int, ...]) -> Tensor:
+    def _encode(self, ids: Tensor, embeddings: Tensor, batch_shape: tuple[int, ...],
+                text_projection: Tensor | None = None) -> Tensor:
         """Encode ``[*batch, C, P, L, W]`` embeddings of ``[C, P, L]`` ids (with the deep
         prompts): ``[*batch, C, P, embed_dim]``."""
         length, width = ids.shape[-1], embeddings.shape[-1]
         flat_ids = ids.expand(*batch_shape, *ids.shape).reshape(-1, length)
         encoded = self.backbone.encode_text(flat_ids, embeddings.reshape(-1, length, width),
-                                            self.deep_prompt_inputs(flat_ids.shape[0]))
+                                            self.deep_prompt_inputs(flat_ids.shape[0]),
+                                            text_projection=text_projection)
         return encoded.reshape(*batch_shape, *ids.shape[:2], -1)
 
     def _group_mask(self, index: int, groups: Collection[str]) -> Tensor:

@@ -178,6 +178,9 @@ def register_method(name: Any = None) -> Any:
     same name: a method registered under another key is an error."""
 
     def add(cls: T) -> T:
+        from zsbench.method import check_method_class
+
+        check_method_class(cls)
         key = cls.info.name  # type: ignore[attr-defined]
         if name is not None and name.lower() != key.lower():
             raise ValueError(f"method class {cls.__name__} has info.name {key!r} but is "

@@ -172,6 +172,20 @@ def results_table(results: Iterable[dict[str, Any]], metric: str = "image_auroc"
     return frame.sort_index()
 
 
+def method_kind(method: Any, seed: int) -> dict[str, Any]:
+    """The result's ``method_kind``: the taxonomy flags and kinds of ``method.info``; a
+    stochastic method adds its number of test-time samples and the seed they were drawn with
+    (a transductive one's reference pool is in ``counts``, per category)."""
+    info = method.info
+    kind: dict[str, Any] = {"trainable": info.trainable, "transductive": info.transductive,
+                            "stochastic": info.stochastic, "few_shot": info.few_shot,
+                            "kinds": list(info.kinds)}
+    if info.stochastic:
+        kind["samples"] = int(method.config.samples)
+        kind["seed"] = int(seed)
+    return kind
+
+
 def build_result(method: Any, protocol: Any, target: str, plan: Any, evaluation: Any,
                  settings: Any, source: str, identity: dict[str, Any],
                  train_seconds: float | None, checkpoint: Path | None, result_file: Path
@@ -223,8 +237,7 @@ def build_result(method: Any, protocol: Any, target: str, plan: Any, evaluation:
                     "eval_s": round(evaluation.seconds, 3),
                     "images_per_s": round(evaluation.images_per_s, 3)},
         "samples": [p.relative_to(result_file.parent).as_posix() for p in evaluation.samples],
-        "method_kind": {"trainable": method.info.trainable,
-                        "transductive": method.info.transductive},
+        "method_kind": method_kind(method, settings.seed),
     }
     if getattr(evaluation, "samples_scale", None):
         result["samples_scale"] = evaluation.samples_scale

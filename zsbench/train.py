@@ -345,6 +345,7 @@ def _train_epoch(job: _TrainingJob, loader: DataLoader, batches: _RankSliceBatch
     name, epoch_start = job.method.info.name, time.perf_counter()
     sums: dict[str, float] = {}
     done = 0
+    job.method.start_epoch(epoch, job.final_epoch)
     for number, batch in enumerate(loader):
         if job.step >= job.total_steps:
             break

@@ -7,6 +7,7 @@ from zsbench.backbone.backbone import (
     Backbone,
     ImageFeatures,
 )
+from zsbench.backbone.hooks import BlockHooks, HookFunction, deep_prompt_hooks
 from zsbench.backbone.loading import (
     MODEL_CONFIG_DIR,
     ActivationPlan,
@@ -31,9 +32,12 @@ __all__ = [
     "TOKEN_SOURCES",
     "ActivationPlan",
     "Backbone",
+    "BlockHooks",
+    "HookFunction",
     "ImageFeatures",
     "WeightsFileInfo",
     "WeightsUnavailableError",
+    "deep_prompt_hooks",
     "file_sha256",
     "load_backbone",
     "plan_activation",

@@ -1,10 +1,13 @@
 """The shared CLIP backbone: open_clip's towers run step by step with the hooks ZSAD methods need.
 
-Unmodified calls reproduce open_clip's ``encode_image`` / ``encode_text``. The options add
-per-layer patch tokens, the V-V attention path (AnomalyCLIP's DPAM, METHODS.md section 1),
-residual-stream tokens (APRIL-GAN), window re-encoding (WinCLIP), learnable prompt embeddings and
-deep text prompts (AnomalyCLIP family), and a positional-embedding resize in the convention of the
-method's upstream code (bilinear, or open_clip's bicubic with antialias).
+Unmodified calls reproduce open_clip's ``encode_image`` / ``encode_text``. Methods extend both
+towers through :class:`~zsbench.backbone.hooks.BlockHooks` (functions run before and after every
+block: learnable vision tokens, per-image deep text prompts, adapters), never by editing or
+patching the backbone. The options add per-layer patch tokens, the V-V attention path
+(AnomalyCLIP's DPAM, METHODS.md section 1), residual-stream tokens (APRIL-GAN), window
+re-encoding (WinCLIP), learnable prompt embeddings, deep text prompts (AnomalyCLIP family), a
+``text_projection`` override, and a positional-embedding resize in the convention of the method's
+upstream code (bilinear, or open_clip's bicubic with antialias).
 
 Precision is explicit: "fp32" computes in float32 even inside an enclosing autocast (it is
 disabled for the backbone's device), "bf16"/"fp16" autocast to that dtype on the backbone's device
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer, text_global_pool
 from torch import Tensor, nn
+
+from zsbench.backbone.hooks import BlockHooks, deep_prompt_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +317,8 @@ class Backbone(nn.Module):
         return values
 
     def encode_image(self, images: Tensor, layers: Sequence[int] = (), vv_from: int | None = None,
-                     global_ln_post: bool = True, token_source: str = "proj") -> ImageFeatures:
+                     global_ln_post: bool = True, token_source: str = "proj",
+                     hooks: BlockHooks | None = None) -> ImageFeatures:
         """Global embedding and patch tokens of the requested (1-indexed) layers.
 
         Args:
@@ -324,6 +330,8 @@ class Backbone(nn.Module):
                 upstream AnomalyCLIP (``AnomalyCLIP/AnomalyCLIP_lib/AnomalyCLIP.py``).
             token_source: "proj" for ``ln_post(tokens) @ proj`` ([B, N, embed_dim]); "residual"
                 for raw residual-stream tokens before ln_post ([B, N, width], APRIL-GAN).
+            hooks: :class:`BlockHooks` run before/after every block on ``[B, 1 + N (+ extra),
+                width]`` (tokens a hook appends after the patches never count as patches).
         """
         layers = self.check_layers(layers, "layers", allow_empty=True)
         if vv_from is not None:
@@ -336,16 +344,21 @@ class Backbone(nn.Module):
         wanted = set(layers)
         with self.autocast():
             hidden = self._embed_image(images)
+            n_patches = hidden.shape[1] - 1
             vv_stream: Tensor | None = None
             patch_tokens: dict[int, Tensor] = {}
             for index, block in enumerate(visual.transformer.resblocks, start=1):
+                if hooks is not None:
+                    hidden = hooks.run_before(index, hidden)
                 if vv_from is not None and index >= vv_from:
                     vv_out = self._vv_attention(block, block.ln_1(hidden))
                     vv_stream = (hidden if index == vv_from else vv_stream) + vv_out
                 hidden = self._run_block(block, hidden, batch_first)
+                if hooks is not None:
+                    hidden = hooks.run_after(index, hidden)
                 if index in wanted:
                     use_vv = vv_from is not None and index >= vv_from
-                    tokens = (vv_stream if use_vv else hidden)[:, 1:]
+                    tokens = (vv_stream if use_vv else hidden)[:, 1:1 + n_patches]
                     if token_source == "proj":
                         tokens = self._project_tokens(tokens)
                     patch_tokens[index] = tokens.float()
@@ -405,7 +418,9 @@ class Backbone(nn.Module):
         return self._text.token_embedding(ids)
 
     def encode_text(self, ids: Tensor, prompt_embeddings: Tensor | None = None,
-                    deep_prompts: Sequence[Tensor] | None = None) -> Tensor:
+                    deep_prompts: Sequence[Tensor] | None = None,
+                    hooks: BlockHooks | None = None,
+                    text_projection: Tensor | None = None) -> Tensor:
         """Text embeddings ``[P, embed_dim]`` (unnormalised).
 
         Args:
@@ -414,7 +429,12 @@ class Backbone(nn.Module):
                 ``token_embedding(ids)`` (learnable context vectors).
             deep_prompts: tensors ``[n_i, text_width]`` shared by all prompts, or ``[P, n_i,
                 text_width]`` already expanded per prompt; ``deep_prompts[i]`` replaces the
-                hidden states at positions 1..n_i before text block i + 2 (1-indexed).
+                hidden states at positions 1..n_i before text block i + 2 (1-indexed); per-image
+                prompts are ``[P, n_i, text_width]`` with P = images x prompts.
+            hooks: :class:`BlockHooks` run before/after every text block on ``[P, L, width]``
+                (after the deep prompts' replacement).
+            text_projection: ``[text_width, embed_dim]`` used instead of the tower's own
+                projection (a method's trainable copy; the frozen one is never swapped).
         """
         if ids.ndim != 2:
             raise ValueError(f"ids must have shape [P, L], got {tuple(ids.shape)}")
@@ -446,19 +466,18 @@ class Backbone(nn.Module):
                 x = prompt_embeddings.to(text.token_embedding.weight.dtype)
             x = x + text.positional_embedding[:length].to(x.dtype)
             mask = text.attn_mask
-            if mask is not None:
-                mask = mask[:length, :length]
-            for index, block in enumerate(text.transformer.resblocks):
-                if 1 <= index <= len(deep_prompts):
-                    prompt = deep_prompts[index - 1].to(x.dtype)
-                    if prompt.ndim == 2:
-                        prompt = prompt.unsqueeze(0).expand(n_prompts, -1, -1)
-                    x = torch.cat([x[:, :1], prompt, x[:, 1 + prompt.shape[1]:]], dim=1)
-                x = self._run_block(block, x, batch_first, attn_mask=mask)
+            all_hooks = BlockHooks.chain(deep_prompt_hooks(deep_prompts, n_prompts), hooks)
+            for index, block in enumerate(text.transformer.resblocks, start=1):
+                if all_hooks is not None:
+                    x = all_hooks.run_before(index, x)
+                block_mask = None if mask is None else mask[:x.shape[1], :x.shape[1]]
+                x = self._run_block(block, x, batch_first, attn_mask=block_mask)
+                if all_hooks is not None:
+                    x = all_hooks.run_after(index, x)
             x = text.ln_final(x)
-            pooled = text_global_pool(x, ids, self._text_pool_type,
+            pooled = text_global_pool(x[:, :length], ids, self._text_pool_type,
                                       eos_token_id=self._text_eos_id)
-            projection = text.text_projection
+            projection = text.text_projection if text_projection is None else text_projection
             if isinstance(projection, nn.Linear):
                 pooled = projection(pooled)
             elif projection is not None:

@@ -29,11 +29,11 @@ def list_methods(
     if as_json:
         print_json(infos)
         return
-    print_table("zsbench methods", ["name", "title", "trainable", "transductive", "backbone",
-                                    "paper", "source"],
-                ([i["name"], i["title"], i["trainable"], i["transductive"], i["backbone"],
-                  i["paper"], i["source"]] for i in infos),
-                keep=["name"], optional=["paper", "source", "backbone"])
+    print_table(f"zsbench methods ({len(infos)})", ["name", "title", "kind", "backbone",
+                                                    "paper", "source"],
+                ([i["name"], i["title"], i["kind"], i["backbone"], i["paper"], i["source"]]
+                 for i in infos),
+                keep=["name", "kind"], optional=["paper", "source", "backbone"])
 
 
 @app.command("info")

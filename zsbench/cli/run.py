@@ -24,9 +24,11 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _method_overrides(sets: list[str] | None, backbone: str | None, pretrained: str | None,
-                      image_size: int | None, precision: str | None = None
-                      ) -> dict[str, str | int | None]:
+                      image_size: int | None, precision: str | None = None,
+                      samples: int | None = None) -> dict[str, str | int | None]:
     overrides: dict[str, str | int | None] = dict(_parse_sets(sets))
+    if samples is not None:
+        overrides["samples"] = samples
     if precision:
         overrides["precision"] = precision
     if backbone:
@@ -86,6 +88,18 @@ def _check_sets(method: str, sets: dict[str, str]) -> None:
             make_config(method, {key: value})
         except ConfigError as err:
             raise typer.BadParameter(f"{key}={value}: {err}", param_hint="'--set'") from None
+
+
+def _check_samples(method: str, samples: int | None) -> None:
+    """``--samples`` only for a stochastic method (its config's ``samples`` field)."""
+    if samples is None:
+        return
+    from zsbench.registry import METHODS
+
+    info = METHODS.get(method).info
+    if not info.stochastic:
+        raise typer.BadParameter(f"method {method!r} is {info.kind}, not stochastic: it draws "
+                                 f"no test-time samples", param_hint="'--samples'")
 
 
 def _run_library(method: str, protocol: str, overrides: dict, options,
@@ -206,6 +220,9 @@ CheckpointDir = Annotated[Path | None, typer.Option("--checkpoint-dir",
                                                     help="Where epoch checkpoints go.")]
 ResumeRun = Annotated[bool, typer.Option(
     "--resume", help="Resume training from the newest epoch checkpoint.")]
+Samples = Annotated[int | None, typer.Option(
+    "--samples", min=1, help="Test-time samples of a stochastic method (e.g. bayes_pfl's "
+                             "sampled prompts); recorded in the result with the seed.")]
 SkipMissing = Annotated[bool, typer.Option(
     "--skip-missing", help="Run the prepared targets and list the missing ones (default: "
                            "refuse before any work, listing them).")]
@@ -222,7 +239,7 @@ def run_cmd(
     image_size: ImageSize = None, epochs: Epochs = None, lr: LearningRate = None,
     train_batch_size: TrainBatchSize = None, checkpoint_dir: CheckpointDir = None,
     resume: ResumeRun = False, preset: Preset = None, precision: Precision = None,
-    skip_missing: SkipMissing = False, max_memory: MaxMemory = None,
+    skip_missing: SkipMissing = False, max_memory: MaxMemory = None, samples: Samples = None,
 ) -> None:
     """Train (trainable methods) and evaluate a method on a protocol, writing one result
     JSON per target dataset."""
@@ -230,6 +247,7 @@ def run_cmd(
     from zsbench.runner import RunOptions
 
     _check_sets(method, _parse_sets(sets))
+    _check_samples(method, samples)
     outcomes = []
     for one_seed in _seed_list(seed, seeds):
         options = RunOptions(data_dir=data_dir, output_dir=output_dir, device=_device(device),
@@ -244,7 +262,7 @@ def run_cmd(
                              train_overrides=_train_overrides(epochs, lr, train_batch_size))
         outcomes += _run_library(
             method, protocol, _method_overrides(sets, backbone, pretrained, image_size,
-                                                precision), options, preset=preset)
+                                                precision, samples), options, preset=preset)
     _report(outcomes)
 
 

@@ -297,8 +297,12 @@
       kind ? el("span", { class: "badge badge-mkind", "data-mkind": kind, text: kind }) : null,
       kind ? el("span", { class: "badge badge-" + (r.method_kind.transductive ? "transductive" :
         "inductive"), text: r.method_kind.transductive ? "transductive" : "inductive",
-        title: r.method_kind.transductive ? "adapts on the test images themselves" :
+        title: r.method_kind.transductive ? "scores each image with the other test images " +
+          "of its category (its reference pool) or adapts on them" :
           "never sees the test set before scoring" }) : null,
+      kind && r.method_kind.stochastic ? el("span", { class: "badge badge-stochastic",
+        text: "stochastic", title: "samples at test time" + (r.method_kind.samples ?
+          " (" + r.method_kind.samples + " samples, seeded)" : "") }) : null,
       T.flagged(r) ? el("span", { class: "badge badge-leak", text: "not zero-shot",
         title: "trained or checkpoint-selected on data of its target: " +
           r.leakage.flagged.map(function (d) { return datasetById(d).title; }).join(", ") }) :

@@ -167,7 +167,8 @@ window.ZS = window.ZS || {};
   function flagged(row) { return !!(row.leakage && row.leakage.zero_shot === false); }
 
   /** Rows the evidence filters keep: leak "hide" drops flagged rows ("show", the default,
-      keeps them, badged); methodKind "all", "training-free", "trained" or "transductive"
+      keeps them, badged); methodKind "all", "training-free", "trained", "transductive" or
+      "stochastic"
       (rows without a known kind only pass "all"). */
   function evidenceFilter(rows, leak, methodKind) {
     return rows.filter(function (r) {
@@ -175,6 +176,7 @@ window.ZS = window.ZS || {};
       if (!methodKind || methodKind === "all") return true;
       if (!r.method_kind) return false;
       if (methodKind === "transductive") return !!r.method_kind.transductive;
+      if (methodKind === "stochastic") return !!r.method_kind.stochastic;
       return kindLabel(r) === methodKind;
     });
   }
