@@ -42,7 +42,7 @@ def stub_method(size: int) -> Any:
 
 
 def timed_metrics(seconds: list[float]):
-    original = evaluate.metrics.compute_metrics
+    original = evaluate.metrics.category_metrics
 
     def compute(*args, **kwargs):
         start = time.perf_counter()
@@ -58,15 +58,15 @@ def run_side(method: Any, data: Dataset, settings: EvalSettings, no_metrics: boo
     """(wall seconds, summed metrics seconds) of one evaluation."""
     seconds: list[float] = []
     original, compute = timed_metrics(seconds)
-    evaluate.metrics.compute_metrics = (
-        (lambda *a, **k: dict.fromkeys(evaluate.metrics.METRIC_NAMES)) if no_metrics
+    evaluate.metrics.category_metrics = (
+        (lambda *a, **k: (dict.fromkeys(evaluate.metrics.METRIC_NAMES), 0)) if no_metrics
         else compute)
     try:
         start = time.perf_counter()
         evaluate_dataset(method, data, settings)
         return time.perf_counter() - start, sum(seconds)
     finally:
-        evaluate.metrics.compute_metrics = original
+        evaluate.metrics.category_metrics = original
 
 
 def loader_only(method: Any, data: Dataset, settings: EvalSettings) -> float:

@@ -111,3 +111,18 @@ def build_probe_and_data() -> tuple[LinearProbe, Any]:
     records = Dataset.from_list(synthetic_records("synthetic_a", size=56, n_train=0,
                                                   n_normal=2, n_anomalous=2))
     return method, records
+
+
+def gradient_flags_worker(rank: int, world_size: int, port: int, report: str) -> None:
+    """Rank 0 has a gradient for ``a`` only, rank 1 for nothing; ``b`` has none anywhere."""
+    from zsbench.distributed import all_reduce_gradients, init_from_env
+
+    _join(rank, world_size, port)
+    init_from_env("cpu")
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    if rank == 0:
+        a.grad = torch.full((3,), 2.0)
+    all_reduce_gradients([a, b], weight=0.5)
+    if rank == 0:
+        Path(report).write_text(json.dumps({"a": a.grad.tolist(), "b": b.grad is None}))
+    torch.distributed.destroy_process_group()

@@ -189,14 +189,17 @@ def test_positional_embedding_resize(tiny: Backbone) -> None:
     assert tiny.positional_embedding((16, 12)) is resized  # cached
 
 
+@pytest.mark.parametrize("mode", ["bicubic-antialias", "bicubic"])
 @pytest.mark.parametrize("grid_size", [(16, 12), (4, 4), (37, 37)])
-def test_positional_embedding_bicubic_antialias(tiny: Backbone, grid_size) -> None:
-    """APRIL-GAN's bundled open_clip ``resize_pos_embed``: bicubic, antialias, no align_corners."""
-    bicubic = tiny.with_options(pos_embed_interpolation="bicubic-antialias")
+def test_positional_embedding_bicubic_antialias(tiny: Backbone, grid_size, mode) -> None:
+    """APRIL-GAN's bundled open_clip ``resize_pos_embed``: bicubic, antialias, no align_corners
+    (MuSc's older one: the same without antialias)."""
+    bicubic = tiny.with_options(pos_embed_interpolation=mode)
     assert bicubic.model is tiny.model and tiny.pos_embed_interpolation == "bilinear"
     native = tiny.model.visual.positional_embedding
     grid = native[1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=grid_size, mode="bicubic", antialias=True,
+    expected = F.interpolate(grid, size=grid_size, mode="bicubic",
+                             antialias=mode == "bicubic-antialias",
                              align_corners=False)[0].permute(1, 2, 0).reshape(-1, 32)
     resized = bicubic.positional_embedding(grid_size)
     torch.testing.assert_close(resized[0], native[0], atol=0, rtol=0)
@@ -215,10 +218,10 @@ def test_pos_embed_interpolation_option() -> None:
     loaded = load_backbone(TINY, image_size=56, pos_embed_interpolation="bicubic-antialias")
     assert loaded.pos_embed_interpolation == "bicubic-antialias"
     with pytest.raises(ValueError, match="pos_embed_interpolation 'nearest' is not one of "
-                                         "bilinear, bicubic-antialias"):
+                                         "bilinear, bicubic-antialias, bicubic"):
         load_backbone(TINY, pos_embed_interpolation="nearest")
-    with pytest.raises(ValueError, match="pos_embed_interpolation 'bicubic'"):
-        loaded.with_options(pos_embed_interpolation="bicubic")
+    with pytest.raises(ValueError, match="pos_embed_interpolation 'bicubic-aa'"):
+        loaded.with_options(pos_embed_interpolation="bicubic-aa")
 
 
 # -- precision ---------------------------------------------------------------------------------

@@ -106,3 +106,55 @@ def test_chained_hooks_run_in_order():
     out = chained.run_before(1, torch.zeros(1, 2, 3))
     assert calls == ["a", "b"] and torch.equal(out, torch.full((1, 2, 3), 2.0))
     assert BlockHooks.chain(None, None) is None and BlockHooks.chain(first) is first
+
+
+def test_a_replace_hook_runs_instead_of_the_block(tiny, images):
+    ran = []
+
+    def replace(layer, block, hidden, attn_mask):
+        ran.append(layer)
+        return hidden if layer == 24 else None  # skip the last block only
+
+    skipped = tiny.encode_image(images, layers=(23, 24), token_source="residual",
+                                hooks=BlockHooks(replace=replace))
+    assert ran == list(range(1, 25))
+    close(skipped.patch_tokens[24], skipped.patch_tokens[23], atol=0)
+    plain = tiny.encode_image(images, layers=(23,), token_source="residual")
+    close(skipped.patch_tokens[23], plain.patch_tokens[23], atol=0)
+    # text blocks get the causal mask cut to the sequence
+    masks = []
+    tiny.encode_text(tiny.tokenize(["a."]), hooks=BlockHooks(
+        replace=lambda layer, block, h, mask: masks.append(tuple(mask.shape))))
+    assert set(masks) == {(77, 77)}
+
+
+def test_exact_gelu_on_quickgelu_weights_is_a_compute_option(tiny, images):
+    from open_clip.transformer import QuickGELU
+
+    gelu = tiny.with_options(mlp_activation="gelu")
+    assert gelu.model is tiny.model and tiny.mlp_activation == "native"
+    # reference: the same model with every QuickGELU swapped for nn.GELU
+    import copy
+
+    swapped = copy.deepcopy(tiny)
+    for module in swapped.model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, QuickGELU):
+                setattr(module, name, torch.nn.GELU())
+    close(gelu.encode_image(images, layers=(12,)).patch_tokens[12],
+          swapped.encode_image(images, layers=(12,)).patch_tokens[12])
+    ids = tiny.tokenize(["a damaged object."])
+    close(gelu.encode_text(ids), swapped.encode_text(ids))
+    assert not torch.allclose(gelu.encode_text(ids), tiny.encode_text(ids), atol=1e-5)
+    with pytest.raises(ValueError, match="mlp_activation 'relu' is not one of native, gelu"):
+        tiny.with_options(mlp_activation="relu")
+
+
+def test_an_option_added_later_keeps_earlier_identities_at_its_default():
+    from zsbench.identity import method_identity
+    from zsbench.method import config_to_dict, make_config
+
+    default = method_identity("clip", config_to_dict(make_config("clip")))
+    assert "mlp_activation" not in default["config"]
+    quirk = method_identity("clip", config_to_dict(make_config("clip", {"mlp_activation": "gelu"})))
+    assert quirk["config"]["mlp_activation"] == "gelu"

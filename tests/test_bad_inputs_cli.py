@@ -203,7 +203,7 @@ def test_wide_terminal_shows_every_column(monkeypatch):
     monkeypatch.setattr(cli_console.console, "width", 400)
     result = runner.invoke(app, ["methods", "list"])
     header = next(line for line in result.output.splitlines() if "name" in line)
-    for column in ("title", "trainable", "backbone", "paper", "source"):
+    for column in ("title", "kind", "backbone", "paper", "source"):
         assert column in header
 
 

@@ -41,3 +41,28 @@ def test_method_cost_on_the_tiny_backbone(backbone):
     assert cost["total_parameters"] == total
     assert cost["batch_size"] == 2 and cost["training_time_s"] == 0.0
     assert method.config.image_size == SIZE
+
+
+def test_a_pool_divides_latency_and_flops_by_its_size():
+    layer = nn.Linear(6, 4)
+    calls: list[int] = []
+
+    def forward(images):
+        calls.append(images.shape[0])
+        return layer(images)
+
+    single = measure_cost(forward, (6,), layer, batch_size=2, repeats=1, warmup=0)
+    pooled = measure_cost(forward, (6,), layer, batch_size=2, repeats=1, warmup=0, pool=4)
+    assert "pool" not in single and pooled["pool"] == 4
+    assert pooled["flops_per_image"] == single["flops_per_image"] == 2 * 6 * 4
+    assert 4 in calls  # the "one image" calls ran on pools of 4
+
+
+def test_a_transductive_method_is_timed_on_pools(backbone):
+    from tests.test_method_kinds import PoolMean
+    from zsbench.method import MethodConfig
+
+    PoolMean.batch_sizes = []
+    method = PoolMean(MethodConfig(**TINY), backbone)
+    cost = method_cost(method, batch_size=3, repeats=1, warmup=0)
+    assert cost["pool"] == 3 and set(PoolMean.batch_sizes) == {3}

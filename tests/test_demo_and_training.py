@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from zsbench.demo import DEMO_BACKBONE, DEMO_RESOLUTION, run_demo
+from zsbench.demo import DEMO_BACKBONE, DEMO_METHOD_OVERRIDES, DEMO_RESOLUTION, run_demo
 from zsbench.registry import METHODS
 from zsbench.results import load_results
 from zsbench.runner import RunOptions, run
 
-TRAINABLE = ["april_gan", "coop", "cocoop", "anomalyclip", "faprompt", "tps"]
-TRAINING_FREE = ["clip", "clip_ac", "winclip", "anovl"]
+TRAINABLE = ["april_gan", "coop", "cocoop", "anomalyclip", "faprompt", "tps", "adaclip",
+             "adaptclip", "vcp_clip", "bayes_pfl", "aa_clip"]
+TRAINING_FREE = ["clip", "clip_ac", "winclip", "anovl", "musc", "dual_image_clip"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def test_demo_runs_every_built_in_method_and_writes_valid_results(demo):
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_trained_methods_transfer_to_the_other_synthetic_dataset(demo, name):
     trained = _pixel_auroc(demo.outcomes[name][0])
-    untrained_outcome = run(name, "none->synthetic_b", DEMO_BACKBONE,
+    untrained_outcome = run(name, "none->synthetic_b",
+                            {**DEMO_BACKBONE, **DEMO_METHOD_OVERRIDES.get(name, {})},
                             RunOptions(data_dir=demo.out_dir / "data",
                                        output_dir=demo.out_dir / "untrained", device="cpu",
                                        batch_size=16, resolution=DEMO_RESOLUTION))[0]

@@ -111,6 +111,16 @@ def test_ddp_training_equals_one_process(tmp_path, batch_size):
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=0)
 
 
+def test_a_gradient_missing_on_every_rank_stays_none(tmp_path):
+    """A staged method's frozen stage has no gradient anywhere: it must stay None (Adam skips
+    it) instead of becoming zeros that Adam's momentum would still move."""
+    from tests.distributed_workers import gradient_flags_worker
+
+    report = tmp_path / "flags.json"
+    _spawn(gradient_flags_worker, str(report))
+    assert json.loads(report.read_text()) == {"a": [1.0, 1.0, 1.0], "b": True}
+
+
 def test_ddp_training_resumes_under_torchrun(tmp_path):
     from zsbench.train import TrainConfig, train_method
 

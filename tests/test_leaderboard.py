@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tests.result_factory import make_result, write_result_file
 from zsbench.cli import app
+from zsbench.leaderboard import reported as reported_module
 from zsbench.leaderboard.build import SiteBuildError, build
 from zsbench.leaderboard.catalog import DATASET_ID_BY_PAPER_NAME
 from zsbench.leaderboard.reported import (
@@ -27,6 +28,7 @@ from zsbench.leaderboard.serve import make_server
 from zsbench.leaderboard.site_data import common_datasets, page_summary, summarize
 
 REPO = Path(__file__).resolve().parents[1]
+CURATED_SOURCES = reported_module.CURATED_SOURCES
 FAPROMPT_METHODS = {"CLIP", "CLIP-AC", "WinCLIP", "APRIL-GAN", "AnoVL", "CoOp", "CoCoOp", "BLIP",
                     "AnomalyCLIP", "FiLO", "FAPrompt"}
 METRIC_BY_LEVEL = {("image", "auroc"): "image_auroc", ("image", "ap"): "image_ap",
@@ -88,7 +90,9 @@ def test_reported_csv_keeps_every_value_exactly(reference_dir: Path) -> None:
         assert by_key[key] == row["pixel_aupro_legacy"]
     with (reference_dir / "reported_other.csv").open() as f:
         other = list(csv.DictReader(f))
-    assert len(values) == len(fa_rows) + len(other) + 4 * len(logs)
+    with (REPO / "leaderboard" / "curated" / "second_wave_papers.csv").open() as f:
+        curated = list(csv.DictReader(f))
+    assert len(values) == len(fa_rows) + len(other) + 4 * len(logs) + len(curated)
     # every PRO of these tables is the legacy routine, never exact AUPRO
     assert not any(v.metric == "aupro" for v in values)
 
@@ -147,6 +151,8 @@ def test_reported_site_values_equal_the_csvs(reported_site: dict) -> None:
                           METRIC_BY_LEVEL[(r["level"], r["metric"])], r["value"])
                          for r in csv.DictReader(f)]
         assert len(expected) == 594 + 82
+        expected += [(v.source_id, v.method, v.dataset, v.metric, v.value_text)
+                     for v in load_reported() if v.source_id in CURATED_SOURCES]
     else:  # no shared folder: the committed data files are the reference
         expected = [(v.source_id, v.method, v.dataset, v.metric, v.value_text)
                     for v in load_reported() if not v.category]
@@ -219,7 +225,7 @@ def test_reproduced_rows_and_differences(tmp_path: Path) -> None:
     _anomalyclip_results(tmp_path / "results")
     built = build([tmp_path / "results"], tmp_path / "site")
     data = json.loads((tmp_path / "site" / "data.json").read_text())
-    assert built.reproduced_rows == 1 and built.reported_rows == 13
+    assert built.reproduced_rows == 1 and built.reported_rows == 13 + len(CURATED_SOURCES)
     row_id = "reproduced/AnomalyCLIP/aaaaaaaaaaaa/paper"
     row = next(r for r in data["rows"] if r["id"] == row_id)
     assert row["kind"] == "reproduced"
@@ -357,7 +363,7 @@ def test_serve_returns_the_site(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as resp:
             assert resp.status == 200 and b"zsbench" in resp.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/data.json", timeout=10) as resp:
-            assert len(json.loads(resp.read())["rows"]) == 13
+            assert len(json.loads(resp.read())["rows"]) == 13 + len(CURATED_SOURCES)
     finally:
         server.shutdown()
         server.server_close()
@@ -383,3 +389,33 @@ def test_synthetic_datasets_do_not_enter_means_when_real_ones_exist():
     only_synthetic = build_site_data([synthetic], [])
     only_summary = page_summary(only_synthetic, "image_auroc")[1]
     assert next(iter(only_summary.values()))["mean"] == pytest.approx(20.0)
+
+
+def test_second_wave_reported_rows_are_shipped_with_their_sources() -> None:
+    from zsbench.leaderboard.reported import CURATED_SOURCES
+
+    values = [v for v in load_reported(REPO / "leaderboard" / "reported")
+              if v.source_id in CURATED_SOURCES]
+    by_key = {(v.method, v.dataset, v.metric): v for v in values}
+    musc = by_key[("MuSc", "mvtec", "image_auroc")]
+    assert (musc.value_text, musc.trained_on, musc.protocol) == ("97.8", "", "zero-shot")
+    adaclip = by_key[("AdaCLIP", "mvtec", "image_auroc")]
+    assert adaclip.protocol == "visa+cvc_clinicdb->mvtec" and adaclip.value == 89.2
+    assert by_key[("AA-CLIP", "mvtec", "pixel_auroc")].value_text == "91.88"
+    assert {v.source_id for v in values} == set(CURATED_SOURCES)
+
+
+def test_a_curated_row_with_an_unknown_source_names_file_and_line(tmp_path: Path) -> None:
+    from zsbench.leaderboard.reported import ReportedDataError, _curated_rows
+
+    path = tmp_path / "curated.csv"
+    path.write_text("source_id,table,method,dataset,metric,value,trained_on\n"
+                    "musc_readme,T,MuSc,mvtec,image_auroc,97.8,\n"
+                    "nowhere,T,X,mvtec,image_auroc,50,\n")
+    with pytest.raises(ReportedDataError, match=r"curated.csv:3: field source_id: unknown "
+                                                r"source 'nowhere'"):
+        _curated_rows(path)
+    path.write_text("source_id,table,method,dataset,metric,value,trained_on\n"
+                    "musc_readme,T,MuSc,mvtec,pixel_f1,50,\n")
+    with pytest.raises(ReportedDataError, match="field metric: 'pixel_f1' is not one of"):
+        _curated_rows(path)

@@ -127,13 +127,15 @@ def test_upstream_checkpoint_import_is_a_declared_optional_hook(tmp_path) -> Non
     from zsbench.checkpoint_import import import_checkpoint
 
     importable = {n for n in METHODS.names() if METHODS.get(n).can_import_upstream()}
-    assert {"anomalyclip", "april_gan", "faprompt", "tps"} <= importable
-    assert not {"clip", "winclip", "coop"} & importable
+    assert {"anomalyclip", "april_gan", "faprompt", "tps", "adaclip", "adaptclip", "vcp_clip",
+            "bayes_pfl", "aa_clip"} <= importable
+    assert not {"clip", "winclip", "coop", "musc", "dual_image_clip"} & importable
     with pytest.raises(NotImplementedError, match="'clip' cannot import upstream checkpoints"):
         METHODS.get("clip").convert_upstream_checkpoint({})
     (tmp_path / "x.pth").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"method 'clip' cannot import upstream checkpoints .*"
-                                          r"methods that can: anomalyclip, april_gan"):
+                                          r"methods that can: aa_clip, adaclip, adaptclip, "
+                                          r"anomalyclip, april_gan, bayes_pfl"):
         import_checkpoint("clip", tmp_path / "x.pth", tmp_path / "out.pt")
 
 

@@ -46,6 +46,13 @@ def flops_per_image(forward: Callable[[Tensor], Any], image: Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def _pool_flops(forward: Callable[[Tensor], Any], images: Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward(images)
+    return int(counter.get_total_flops())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -82,8 +89,13 @@ def _timed(forward: Callable[[Tensor], Any], images: Tensor, repeats: int,
 def measure_cost(forward: Callable[[Tensor], Any], image_shape: Sequence[int],
                  module: nn.Module | None = None, *, batch_size: int = 8, repeats: int = 3,
                  warmup: int = 1, device: str | torch.device | None = None,
-                 training_time_s: float | None = None, seed: int = 0) -> dict[str, Any]:
+                 training_time_s: float | None = None, seed: int = 0,
+                 pool: int = 1) -> dict[str, Any]:
     """Cost of ``forward`` on random images ``[B, *image_shape]``.
+
+    ``pool`` > 1 (a transductive method, which scores an image only among others): latency
+    and FLOPs per image are those of one call on ``pool`` images divided by ``pool``, and the
+    result records ``pool``.
 
     Returns ``latency_batch1_ms`` (median of ``repeats`` calls on one image),
     ``throughput_images_per_s`` (``batch_size`` x repeats / their total time),
@@ -97,8 +109,10 @@ def measure_cost(forward: Callable[[Tensor], Any], image_shape: Sequence[int],
         device = next(module.parameters()).device if module is not None and any(
             True for _ in module.parameters()) else torch.device("cpu")
     device = torch.device(device)
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1, got {pool}")
     generator = torch.Generator().manual_seed(seed)
-    one = torch.rand((1, *image_shape), generator=generator).to(device)
+    one = torch.rand((pool, *image_shape), generator=generator).to(device)
     batch = torch.rand((batch_size, *image_shape), generator=generator).to(device)
     for _ in range(warmup):
         forward(one)
@@ -117,17 +131,19 @@ def measure_cost(forward: Callable[[Tensor], Any], image_shape: Sequence[int],
     trainable, total = count_parameters(module) if module is not None else (None, None)
     cpu_name = platform.processor() or platform.machine()
     return {
-        "latency_batch1_ms": 1000.0 * statistics.median(latency),
+        "latency_batch1_ms": 1000.0 * statistics.median(latency) / pool,
         "throughput_images_per_s": batch_size * repeats / sum(batch_times),
         "batch_size": batch_size,
         "repeats": repeats,
         "peak_memory_bytes": peak,
         "peak_memory_kind": memory_kind,
-        "flops_per_image": flops_per_image(forward, one),
+        "flops_per_image": (flops_per_image(forward, one) if pool == 1
+                            else _pool_flops(forward, one) // pool),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name})",
         "training_time_s": training_time_s,
+        **({"pool": pool} if pool > 1 else {}),
     }
 
 
@@ -135,7 +151,8 @@ def method_cost(method: nn.Module, *, class_name: str = "object", batch_size: in
                 repeats: int = 3, warmup: int = 1, training_time_s: float | None = None
                 ) -> dict[str, Any]:
     """:func:`measure_cost` of an ``AnomalyMethod.predict`` at its ``config.image_size``, under
-    ``torch.inference_mode`` (``torch.no_grad`` for test-time-adapting methods)."""
+    ``torch.inference_mode`` (``torch.no_grad`` for test-time-adapting methods). A transductive
+    method is timed on pools of ``batch_size`` images (per-image figures, ``pool`` recorded)."""
     size = int(method.config.image_size)
     grad_mode = torch.no_grad if getattr(method, "needs_grad_at_test", False) \
         else torch.inference_mode
@@ -147,7 +164,9 @@ def method_cost(method: nn.Module, *, class_name: str = "object", batch_size: in
             return method.predict(images, [class_name] * images.shape[0])
 
     try:
+        pool = max(2, batch_size) if method.info.transductive else 1
         return measure_cost(forward, (3, size, size), method, batch_size=batch_size,
-                            repeats=repeats, warmup=warmup, training_time_s=training_time_s)
+                            repeats=repeats, warmup=warmup, training_time_s=training_time_s,
+                            pool=pool)
     finally:
         method.train(was_training)

@@ -120,12 +120,19 @@ def barrier() -> None:
 
 
 def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter], weight: float) -> None:
-    """Replace each gradient by the sum over ranks of ``weight`` x the rank's gradient (missing
-    gradients count as zero). With ``weight`` = this rank's share of the global batch and a loss
-    that is a mean over samples, the result is the gradient of the global batch's mean loss."""
+    """Replace each gradient by the sum over ranks of ``weight`` x the rank's gradient (a
+    gradient missing on some ranks counts as zero there). With ``weight`` = this rank's share of
+    the global batch and a loss that is a mean over samples, the result is the gradient of the
+    global batch's mean loss. A parameter that has no gradient on any rank keeps ``grad=None``
+    (a frozen stage of a staged method), so the optimizer skips it as in one process."""
     if not is_distributed():
         return
-    for p in parameters:
+    parameters = list(parameters)
+    has_grad = torch.tensor([float(p.grad is not None) for p in parameters], dtype=torch.float32)
+    dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
+    for p, anywhere in zip(parameters, has_grad.tolist(), strict=True):
+        if not anywhere:
+            continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         p.grad.mul_(weight)

@@ -44,19 +44,23 @@ def weights_identity(pretrained: str | Path | None) -> str | None:
     return str(pretrained)
 
 
-def _compute_only(method: str) -> frozenset[str]:
-    from zsbench.method import compute_only_fields
+def _identity_exclusions(method: str) -> tuple[frozenset[str], dict[str, Any]]:
+    """The method's compute-only fields and its omit-at-default fields with their defaults."""
+    from zsbench.method import compute_only_fields, omitted_defaults
     from zsbench.registry import METHODS
 
     if method not in METHODS:  # e.g. a result read without its plugin installed: keep all
-        return frozenset()
-    return compute_only_fields(METHODS.get(method).config_class)
+        return frozenset(), {}
+    config_class = METHODS.get(method).config_class
+    return compute_only_fields(config_class), omitted_defaults(config_class)
 
 
 def method_identity(method: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The method and its config as they enter the identity (weights file by content; the
     method's compute-only fields, such as chunk sizes, left out)."""
-    values = {k: v for k, v in config.items() if k not in _compute_only(method)}
+    compute_only, defaults = _identity_exclusions(method)
+    values = {k: v for k, v in config.items()
+              if k not in compute_only and not (k in defaults and v == defaults[k])}
     if "pretrained" in values:
         values["pretrained"] = weights_identity(values["pretrained"])
     return {"method": method, "config": values}

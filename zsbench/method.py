@@ -32,13 +32,16 @@ from zsbench.registry import METHODS
 logger = logging.getLogger(__name__)
 
 
-def option(default: Any, help: str, compute_only: bool = False) -> Any:
+def option(default: Any, help: str, compute_only: bool = False,
+           omit_default: bool = False) -> Any:
     """A config field with a help text (shown by ``zsbench methods info``).
 
     ``compute_only`` marks a field that changes how a number is computed but never the number
     (a chunk size bounding memory; tests prove the invariance): it stays out of the run
-    identity and the config hash (:func:`compute_only_fields`)."""
-    metadata = {"help": help, "compute_only": compute_only}
+    identity and the config hash (:func:`compute_only_fields`). ``omit_default`` marks a field
+    added after results existed whose default reproduces them: at its default it is left out of
+    the identity, so earlier results keep their config hash."""
+    metadata = {"help": help, "compute_only": compute_only, "omit_default": omit_default}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default),
                                  metadata=metadata)
@@ -49,6 +52,13 @@ def compute_only_fields(config_class: type) -> frozenset[str]:
     """The config fields declared with ``option(..., compute_only=True)``."""
     return frozenset(f.name for f in dataclasses.fields(config_class)
                      if f.metadata.get("compute_only"))
+
+
+def omitted_defaults(config_class: type) -> dict[str, Any]:
+    """Name -> default of the config fields declared with ``option(..., omit_default=True)``."""
+    defaults = config_class()
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(config_class)
+            if f.metadata.get("omit_default")}
 
 
 @dataclass
@@ -69,10 +79,16 @@ class MethodConfig:
                     "'bilinear' (F.interpolate bilinear, align_corners=False, no antialias: "
                     "upstream AnomalyCLIP, FAPrompt, TPS) or 'bicubic-antialias' (bicubic, "
                     "antialias=True, align_corners=False: open_clip resize_pos_embed, as in "
-                    "APRIL-GAN's bundled open_clip/model.py)")
+                    "APRIL-GAN's bundled open_clip/model.py) or 'bicubic' (no antialias: the "
+                    "older open_clip bundled by MuSc)")
     input_interpolation: str = option(
         "bicubic", "filter of the input resize to image_size (PIL, antialiased): bicubic (the "
                    "AnomalyCLIP family) or bilinear (torchvision Resize's default on PIL images)")
+    mlp_activation: str = option(
+        "native", "MLP activation of the backbone's blocks: 'native' (the model's: QuickGELU for "
+                  "OpenAI weights) or 'gelu' (exact GELU even on OpenAI weights: upstream MuSc, "
+                  "AdaCLIP, AA-CLIP and VCP-CLIP build ViT-L-14-336 from a config without "
+                  "quick_gelu and load OpenAI weights into it)", omit_default=True)
 
 
 #: the kinds of method (``MethodInfo.kinds``), in the order they are listed
@@ -433,14 +449,16 @@ def build_method(name: str, overrides: Mapping[str, Any] | MethodConfig | None =
     if backbone is None:
         backbone = load_backbone(config.backbone, config.pretrained, image_size=config.image_size,
                                  device=device, precision=config.precision,
-                                 pos_embed_interpolation=config.pos_embed_interpolation)
+                                 pos_embed_interpolation=config.pos_embed_interpolation,
+                                 mlp_activation=config.mlp_activation)
     elif hasattr(backbone, "with_options"):  # a given backbone computes as the config says
         adapted = backbone.with_options(precision=config.precision,
-                                        pos_embed_interpolation=config.pos_embed_interpolation)
+                                        pos_embed_interpolation=config.pos_embed_interpolation,
+                                        mlp_activation=config.mlp_activation)
         if adapted is not backbone:
-            logger.info("%s: the given backbone runs with precision=%s, pos_embed_interpolation=%s "
-                        "(the method config; weights shared)", cls.info.name, config.precision,
-                        config.pos_embed_interpolation)
+            logger.info("%s: the given backbone runs with precision=%s, pos_embed_interpolation=%s,"
+                        " mlp_activation=%s (the method config; weights shared)", cls.info.name,
+                        config.precision, config.pos_embed_interpolation, config.mlp_activation)
         backbone = adapted
     method = cls(config, backbone)
     logger.info("built method %s (%s) on %s", cls.info.name, config_hash(cls.info.name, config),

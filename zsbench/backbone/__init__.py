@@ -1,6 +1,7 @@
 """The shared OpenCLIP backbone; importing it registers zsbench's tiny model configs."""
 
 from zsbench.backbone.backbone import (
+    MLP_ACTIVATIONS,
     POS_EMBED_INTERPOLATIONS,
     PRECISIONS,
     TOKEN_SOURCES,
@@ -26,6 +27,7 @@ from zsbench.backbone.loading import (
 register_model_configs()
 
 __all__ = [
+    "MLP_ACTIVATIONS",
     "MODEL_CONFIG_DIR",
     "POS_EMBED_INTERPOLATIONS",
     "PRECISIONS",

@@ -39,13 +39,23 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: "bilinear": ``F.interpolate(mode="bilinear", align_corners=False)``, no antialias (upstream
 #: AnomalyCLIP, FAPrompt, TPS); "bicubic-antialias": ``F.interpolate(mode="bicubic",
 #: antialias=True, align_corners=False)``, open_clip's ``resize_pos_embed`` (as bundled by
-#: APRIL-GAN, ``ByChelsea/VAND-APRIL-GAN`` ``open_clip/model.py``).
-POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic-antialias")
+#: APRIL-GAN, ``ByChelsea/VAND-APRIL-GAN`` ``open_clip/model.py``); "bicubic": the same without
+#: antialias (older open_clip ``resize_pos_embed``, as bundled by MuSc, ``xrli-U/MuSc``
+#: ``open_clip/model.py``).
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic-antialias", "bicubic")
 TOKEN_SOURCES = ("proj", "residual")
+#: the MLP activation the blocks compute with: "native" (the model's own: QuickGELU for OpenAI
+#: weights) or "gelu" (exact GELU whatever the model has: the upstream quirk of code that loads
+#: OpenAI weights into a config without quick_gelu, e.g. MuSc, AdaCLIP, AA-CLIP, VCP-CLIP)
+MLP_ACTIVATIONS = ("native", "gelu")
 DEFAULT_WINDOW_CHUNK_TOKENS = 1 << 16
 
 
-def _check_options(precision: str, pos_embed_interpolation: str) -> None:
+def _check_options(precision: str, pos_embed_interpolation: str,
+                   mlp_activation: str = "native") -> None:
+    if mlp_activation not in MLP_ACTIVATIONS:
+        raise ValueError(f"mlp_activation {mlp_activation!r} is not one of "
+                         f"{', '.join(MLP_ACTIVATIONS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
@@ -76,11 +86,14 @@ class Backbone(nn.Module):
         weights_sha256: sha256 of the loaded weights file, kept for provenance.
         pos_embed_interpolation: one of ``POS_EMBED_INTERPOLATIONS``, how the positional
             embedding is resized for a patch grid other than the native one.
+        mlp_activation: one of ``MLP_ACTIVATIONS``: "gelu" computes every block's MLP with exact
+            GELU even when the model has QuickGELU (an upstream quirk, see the constant).
     """
 
     def __init__(self, model: nn.Module, *, name: str, pretrained: str | None = None,
                  image_size: int | None = None, precision: str = "fp32",
-                 weights_sha256: str | None = None, pos_embed_interpolation: str = "bilinear"):
+                 weights_sha256: str | None = None, pos_embed_interpolation: str = "bilinear",
+                 mlp_activation: str = "native"):
         super().__init__()
         visual = getattr(model, "visual", None)
         text = getattr(model, "text", model)
@@ -94,9 +107,10 @@ class Backbone(nn.Module):
         if text is not model and (not isinstance(text, TextTransformer)
                                   or text.cls_emb is not None or text.use_pad_mask):
             raise ValueError(f"model {name!r}: unsupported text tower {type(text).__name__}")
-        _check_options(precision, pos_embed_interpolation)
+        _check_options(precision, pos_embed_interpolation, mlp_activation)
 
         self.model = model
+        self.mlp_activation = mlp_activation
         self.name = name
         self.pretrained = pretrained
         self.precision = precision
@@ -151,7 +165,8 @@ class Backbone(nn.Module):
         return any(isinstance(module, QuickGELU) for module in self.model.visual.modules())
 
     def with_options(self, *, precision: str | None = None,
-                     pos_embed_interpolation: str | None = None) -> Backbone:
+                     pos_embed_interpolation: str | None = None,
+                     mlp_activation: str | None = None) -> Backbone:
         """This backbone with other compute options, sharing the same CLIP (weights, device).
 
         Returns ``self`` when nothing changes; otherwise a shallow sibling (a method's config
@@ -159,14 +174,17 @@ class Backbone(nn.Module):
         precision = self.precision if precision is None else precision
         mode = (self.pos_embed_interpolation if pos_embed_interpolation is None
                 else pos_embed_interpolation)
-        _check_options(precision, mode)
-        if (precision, mode) == (self.precision, self.pos_embed_interpolation):
+        activation = self.mlp_activation if mlp_activation is None else mlp_activation
+        _check_options(precision, mode, activation)
+        if (precision, mode, activation) == (self.precision, self.pos_embed_interpolation,
+                                             self.mlp_activation):
             return self
         sibling = copy.copy(self)
         for key in ("_parameters", "_buffers", "_modules"):  # own registries, shared modules
             sibling.__dict__[key] = copy.copy(self.__dict__[key])
         sibling.precision = precision
         sibling.pos_embed_interpolation = mode
+        sibling.mlp_activation = activation
         sibling._positional_cache = {}
         return sibling
 
@@ -204,16 +222,28 @@ class Backbone(nn.Module):
         return (f"name={self.name!r}, pretrained={self.pretrained!r}, "
                 f"image_size={self.image_size}, precision={self.precision!r}, "
                 f"pos_embed_interpolation={self.pos_embed_interpolation!r}, "
-                f"quick_gelu={self.quick_gelu}")
+                f"quick_gelu={self.quick_gelu}, mlp_activation={self.mlp_activation!r}")
 
     # -- shared pieces ---------------------------------------------------------------------------
-    @staticmethod
-    def _run_block(block: nn.Module, x: Tensor, batch_first: bool,
-                   attn_mask: Tensor | None = None) -> Tensor:
-        """One residual block on batch-first ``x``, whatever layout the transformer uses."""
-        if batch_first:
-            return block(x, attn_mask=attn_mask)
-        return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    def _run_block(self, block: nn.Module, x: Tensor, batch_first: bool,
+                   attn_mask: Tensor | None = None, hooks: BlockHooks | None = None,
+                   layer: int = 0) -> Tensor:
+        """One residual block on batch-first ``x``, whatever layout the transformer uses: the
+        ``replace`` hook's output if it gives one, else the block (with exact GELU when
+        ``mlp_activation`` is "gelu")."""
+        if attn_mask is not None:
+            attn_mask = attn_mask[:x.shape[1], :x.shape[1]]
+        if hooks is not None and hooks.replace is not None:
+            out = hooks.run_replace(layer, block, x, attn_mask)
+            if out is not None:
+                return out
+        x = x if batch_first else x.transpose(0, 1)
+        if self.mlp_activation == "gelu":
+            x = x + block.ls_1(block.attention(q_x=block.ln_1(x), attn_mask=attn_mask))
+            x = x + block.ls_2(block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x)))))
+        else:
+            x = block(x, attn_mask=attn_mask)
+        return x if batch_first else x.transpose(0, 1)
 
     def positional_embedding(self, grid_size: tuple[int, int]) -> Tensor:
         """Vision positional embedding ``[1 + gh * gw, width]`` for a patch grid.
@@ -234,9 +264,9 @@ class Backbone(nn.Module):
             return cached
         native_h, native_w = self.native_grid_size
         grid = positional[1:].reshape(1, native_h, native_w, -1).permute(0, 3, 1, 2)
-        if mode == "bicubic-antialias":
-            grid = F.interpolate(grid, size=grid_size, mode="bicubic", antialias=True,
-                                 align_corners=False)
+        if mode in ("bicubic-antialias", "bicubic"):
+            grid = F.interpolate(grid, size=grid_size, mode="bicubic",
+                                 antialias=mode == "bicubic-antialias", align_corners=False)
         else:
             grid = F.interpolate(grid, size=grid_size, mode="bilinear", align_corners=False)
         grid = grid.permute(0, 2, 3, 1).reshape(grid_size[0] * grid_size[1], -1)
@@ -293,6 +323,13 @@ class Backbone(nn.Module):
         if hasattr(block, "ln_attn"):
             out = block.ln_attn(out)
         return block.ls_1(out)
+
+    #: public name of the V-V attention of one block (for methods' ``replace`` hooks)
+    vv_attention = _vv_attention
+
+    def ln_post(self, tokens: Tensor) -> Tensor:
+        """The vision tower's final layer norm on residual-stream tokens ``[..., width]``."""
+        return self.model.visual.ln_post(tokens)
 
     # -- vision ----------------------------------------------------------------------------------
     def check_layer(self, layer: int | None, option: str) -> int:
@@ -353,7 +390,7 @@ class Backbone(nn.Module):
                 if vv_from is not None and index >= vv_from:
                     vv_out = self._vv_attention(block, block.ln_1(hidden))
                     vv_stream = (hidden if index == vv_from else vv_stream) + vv_out
-                hidden = self._run_block(block, hidden, batch_first)
+                hidden = self._run_block(block, hidden, batch_first, hooks=hooks, layer=index)
                 if hooks is not None:
                     hidden = hooks.run_after(index, hidden)
                 if index in wanted:
@@ -470,8 +507,8 @@ class Backbone(nn.Module):
             for index, block in enumerate(text.transformer.resblocks, start=1):
                 if all_hooks is not None:
                     x = all_hooks.run_before(index, x)
-                block_mask = None if mask is None else mask[:x.shape[1], :x.shape[1]]
-                x = self._run_block(block, x, batch_first, attn_mask=block_mask)
+                x = self._run_block(block, x, batch_first, attn_mask=mask, hooks=all_hooks,
+                                    layer=index)
                 if all_hooks is not None:
                     x = all_hooks.run_after(index, x)
             x = text.ln_final(x)

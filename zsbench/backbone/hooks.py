@@ -8,7 +8,11 @@ A :class:`BlockHooks` passed to them is called around every residual block with 
   (e.g. learnable tokens appended to the vision sequence, as AdaCLIP's prompts, or text
   positions replaced, as deep text prompts) or ``None`` to leave them unchanged;
 - ``after(layer, hidden)`` runs after block ``layer`` with the same contract (e.g. a residual
-  adapter on the patch tokens, or a method that records the CLS token of a layer).
+  adapter on the patch tokens, or a method that records the CLS token of a layer);
+- ``replace(layer, block, hidden, attn_mask)`` runs *instead of* block ``layer`` when it returns
+  hidden states (``None``: the block runs as usual), e.g. a block recomputed with V-V attention
+  from the block's own weights (AA-CLIP's surgery blocks). ``attn_mask`` is the text tower's
+  causal mask cut to the sequence (``None`` in the vision tower).
 
 Sequence layout: position 0 is the CLS (vision) or SOT (text) token; in the vision tower the
 ``N`` patch tokens are positions ``1..N``. Extra tokens a hook adds go after the patches; the
@@ -23,10 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 #: ``(layer, hidden) -> new hidden or None``; ``layer`` is 1-indexed, ``hidden`` batch-first
 HookFunction = Callable[[int, Tensor], Tensor | None]
+#: ``(layer, block, hidden, attn_mask) -> the block's output or None`` (run the block)
+ReplaceFunction = Callable[[int, nn.Module, Tensor, Tensor | None], Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -35,16 +41,26 @@ class BlockHooks:
 
     before: HookFunction | None = None
     after: HookFunction | None = None
+    replace: ReplaceFunction | None = None
 
     def run_before(self, layer: int, hidden: Tensor) -> Tensor:
         return _apply(self.before, layer, hidden)
+
+    def run_replace(self, layer: int, block: nn.Module, hidden: Tensor,
+                    attn_mask: Tensor | None) -> Tensor | None:
+        """The ``replace`` hook's output for block ``layer`` (checked), or None to run it."""
+        if self.replace is None:
+            return None
+        out = self.replace(layer, block, hidden, attn_mask)
+        return None if out is None else _apply(lambda _, __: out, layer, hidden)
 
     def run_after(self, layer: int, hidden: Tensor) -> Tensor:
         return _apply(self.after, layer, hidden)
 
     @staticmethod
     def chain(*hooks: BlockHooks | None) -> BlockHooks | None:
-        """One ``BlockHooks`` running ``hooks`` in order (``None`` entries are skipped)."""
+        """One ``BlockHooks`` running ``hooks`` in order (``None`` entries are skipped); the
+        first ``replace`` hook that returns hidden states replaces the block."""
         present = [h for h in hooks if h is not None]
         if not present:
             return None
@@ -62,7 +78,18 @@ class BlockHooks:
                 return hidden
             return run
 
-        return BlockHooks(before=chained("before"), after=chained("after"))
+        replacers = [h.replace for h in present if h.replace is not None]
+
+        def replace(layer: int, block: nn.Module, hidden: Tensor,
+                    attn_mask: Tensor | None) -> Tensor | None:
+            for function in replacers:
+                out = function(layer, block, hidden, attn_mask)
+                if out is not None:
+                    return out
+            return None
+
+        return BlockHooks(before=chained("before"), after=chained("after"),
+                          replace=replace if replacers else None)
 
 
 def _apply(function: HookFunction | None, layer: int, hidden: Tensor) -> Tensor:

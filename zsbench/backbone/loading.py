@@ -485,7 +485,7 @@ def init_random_vision_tower(model: torch.nn.Module) -> None:
 def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
                   image_size: int | None = None, device: str | torch.device = "cpu",
                   precision: str = "fp32", pos_embed_interpolation: str = "bilinear",
-                  quick_gelu: bool | None = None) -> Backbone:
+                  quick_gelu: bool | None = None, mlp_activation: str = "native") -> Backbone:
     """Build the open_clip model ``name`` with its weights and wrap it as a frozen ``Backbone``.
 
     ``image_size`` defaults to the config's native size and must be a multiple of the patch size;
@@ -495,6 +495,8 @@ def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
     ``quick_gelu`` True/False states it explicitly); the backbone's ``name`` is the model that was
     built (e.g. ``ViT-L-14-336-quickgelu`` for ``ViT-L-14-336`` with OpenAI weights) and its
     ``weights_sha256`` the sha256 of the weights file (local or the tag's cached download).
+    ``mlp_activation`` "gelu" computes the blocks with exact GELU whatever the model has (an
+    upstream quirk; ``MLP_ACTIVATIONS``).
     """
     config = _check_model_name(name)
     if precision not in PRECISIONS:
@@ -536,5 +538,6 @@ def load_backbone(name: str, pretrained: str | os.PathLike[str] | None = None,
     backbone = Backbone(model, name=plan.model_name, pretrained=None if weights_path is None
                         else os.fspath(pretrained), image_size=image_size, precision=precision,
                         weights_sha256=weights_sha256,
-                        pos_embed_interpolation=pos_embed_interpolation)
+                        pos_embed_interpolation=pos_embed_interpolation,
+                        mlp_activation=mlp_activation)
     return backbone.to(device)

@@ -97,9 +97,11 @@ METRICS: tuple[tuple[str, str], ...] = (
 METRIC_IDS: tuple[str, ...] = tuple(m for m, _ in METRICS)
 
 # Methods of the reported tables that use no auxiliary training data (leaderboard/reported
-# README: "Training-free methods (CLIP, CLIP-AC, WinCLIP, AnoVL)"): their published values
-# hold whatever the table's protocol says, so they compare with untrained runs (method_key form).
-TRAINING_FREE_METHODS: frozenset[str] = frozenset({"clip", "clipac", "winclip", "anovl"})
+# README: "Training-free methods (CLIP, CLIP-AC, WinCLIP, AnoVL)", and MuSc, Dual-Image CLIP):
+# their published values hold whatever the table's protocol says, so they compare with untrained
+# runs (method_key form).
+TRAINING_FREE_METHODS: frozenset[str] = frozenset({"clip", "clipac", "winclip", "anovl", "musc",
+                                                   "dualimageclip"})
 
 
 def dataset_id(paper_name: str, where: str = "") -> str:

@@ -58,6 +58,39 @@ SOURCES: dict[str, Source] = {s.id: s for s in (
            "anomalyclip_released_logs.csv"),
 )}
 
+#: hand-curated published numbers of the second-wave methods (zsbench's own file, shipped in
+#: ``zsbench.leaderboard_data``); each row names one of these sources
+CURATED_FILE = "curated/second_wave_papers.csv"
+CURATED_SOURCES: dict[str, Source] = {s.id: s for s in (
+    Source("musc_readme", "MuSc README (xrli-U/MuSc)",
+           "X. Li, Z. Huang, F. Xue, Y. Zhou. MuSc: Zero-Shot Industrial Anomaly Classification "
+           "and Segmentation with Mutual Scoring of the Unlabeled Images. ICLR 2024; "
+           "arXiv:2401.16753; 0-shot rows of the comparison table in the README of "
+           "https://github.com/xrli-U/MuSc.", CURATED_FILE),
+    Source("adaclip_paper", "AdaCLIP paper (ECCV 2024)",
+           "Y. Cao, J. Zhang, L. Frittoli, Y. Cheng, W. Shen, G. Boracchi. AdaCLIP: Adapting "
+           "CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly Detection. ECCV 2024; "
+           "arXiv:2407.15795; code https://github.com/caoyunkang/AdaCLIP.", CURATED_FILE),
+    Source("adaptclip_readme", "AdaptCLIP README (gaobb/AdaptCLIP)",
+           "B.-B. Gao, Y. Zhou, J. Yan, et al. AdaptCLIP: Adapting CLIP for Universal Visual "
+           "Anomaly Detection. AAAI 2026; arXiv:2505.09926; zero-shot row (TA+VA) of the "
+           "ablation table in the README of https://github.com/gaobb/AdaptCLIP.", CURATED_FILE),
+    Source("vcpclip_paper", "VCP-CLIP paper (ECCV 2024)",
+           "Z. Qu, X. Tao, M. Prasad, F. Shen, Z. Zhang, X. Gong, G. Ding. VCP-CLIP: A visual "
+           "context prompting model for zero-shot anomaly segmentation. ECCV 2024; "
+           "arXiv:2407.12276; code https://github.com/xiaozhen228/VCP-CLIP.", CURATED_FILE),
+    Source("bayespfl_paper", "Bayes-PFL paper (CVPR 2025)",
+           "Z. Qu, X. Tao, X. Gong, S. Qu, Q. Chen, Z. Zhang, X. Wang, G. Ding. Bayesian Prompt "
+           "Flow Learning for Zero-Shot Anomaly Detection. CVPR 2025; arXiv:2503.10080; code "
+           "https://github.com/xiaozhen228/Bayes-PFL.", CURATED_FILE),
+    Source("aaclip_log", "AA-CLIP released log (Mwxinnn/AA-CLIP)",
+           "W. Ma, X. Zhang, Q. Yao, F. Tang, C. Wu, Y. Li, R. Yan, Z. Jiang, S. K. Zhou. "
+           "AA-CLIP: Enhancing Zero-shot Anomaly Detection via Anomaly-Aware CLIP. CVPR 2025; "
+           "arXiv:2503.06661; values of the released evaluation log results/test.log (the "
+           "VisA-trained model) in https://github.com/Mwxinnn/AA-CLIP.", CURATED_FILE),
+)}
+SOURCES.update(CURATED_SOURCES)
+
 # The original files name sources in free text; map them to the ids above.
 _OTHER_SOURCE_IDS = {
     "TPS README results figure (majitao-xd/TPS)": ("tps_readme", "README results figure"),
@@ -195,12 +228,52 @@ def _log_rows(path: Path) -> list[ReportedValue]:
     return values
 
 
+def _curated_rows(path: Path) -> list[ReportedValue]:
+    """zsbench's curated CSV: ``source_id, table, method, dataset, metric, value, trained_on``
+    (dataset and metric as zsbench ids; ``trained_on`` empty for training-free methods,
+    ``a+b`` for several auxiliary sets; the protocol is ``trained_on->dataset`` or
+    ``zero-shot``)."""
+    from zsbench.leaderboard.catalog import METRIC_IDS
+
+    values = []
+    for line, row in _read_csv(path, ("source_id", "table", "method", "dataset", "metric",
+                                      "value", "trained_on")):
+        where = f"{path}:{line}"
+        source = CURATED_SOURCES.get(row["source_id"])
+        if source is None:
+            raise ReportedDataError(f"{where}: field source_id: unknown source "
+                                    f"{row['source_id']!r}; known: {', '.join(CURATED_SOURCES)}")
+        if row["dataset"] not in dataset_by_id():
+            raise ReportedDataError(f"{where}: field dataset: unknown id {row['dataset']!r}")
+        if row["metric"] not in METRIC_IDS:
+            raise ReportedDataError(f"{where}: field metric: {row['metric']!r} is not one of "
+                                    f"{', '.join(METRIC_IDS)}")
+        trained_on = row["trained_on"]
+        for name in filter(None, trained_on.split("+")):
+            if name not in dataset_by_id():
+                raise ReportedDataError(f"{where}: field trained_on: unknown id {name!r}")
+        values.append(ReportedValue(
+            source.id, source.label, row["table"], row["method"], row["dataset"],
+            dataset_by_id()[row["dataset"]].domain,
+            "image" if row["metric"].startswith("image") else "pixel", row["metric"],
+            _check_number(row["value"], where), trained_on,
+            f"{trained_on}->{row['dataset']}" if trained_on else "zero-shot"))
+    return values
+
+
+def curated_file() -> Path:
+    """The curated CSV shipped in ``zsbench.leaderboard_data``."""
+    return Path(str(resources.files("zsbench.leaderboard_data").joinpath(CURATED_FILE)))
+
+
 def read_reference(shared_reference_dir: str | Path) -> list[ReportedValue]:
-    """Parse the three shared reference CSVs (FAPrompt tables, other papers, AnomalyCLIP logs)."""
+    """Parse the three shared reference CSVs (FAPrompt tables, other papers, AnomalyCLIP logs)
+    and zsbench's curated second-wave CSV (:data:`CURATED_FILE`)."""
     ref = Path(shared_reference_dir)
     return [*_faprompt_rows(ref / "faprompt_paper_tables.csv"),
             *_other_rows(ref / "reported_other.csv"),
-            *_log_rows(ref / "anomalyclip_released_logs.csv")]
+            *_log_rows(ref / "anomalyclip_released_logs.csv"),
+            *_curated_rows(curated_file())]
 
 
 def _csv_text(values: list[ReportedValue]) -> str:
@@ -246,6 +319,10 @@ def _readme_text(values: list[ReportedValue]) -> str:
         "Training-free methods (CLIP, CLIP-AC, WinCLIP, AnoVL) use no auxiliary data; their rows",
         "keep the table's protocol. The released AnomalyCLIP logs name their training set per",
         "line.",
+        "",
+        f"The second-wave methods' values come from zsbench's curated `{CURATED_FILE}`",
+        "(one row per value with its source and table; its training data as the source states",
+        "it; training-free methods under the `zero-shot` protocol).",
         "",
         "## Sources",
         "",
