@@ -343,20 +343,6 @@ class AdaptCLIP(AnomalyMethod):
         state.update({k: v.detach().clone() for k, v in self._norm_buffers().items()})
         return state
 
-    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        own = self.trainable_state_dict()
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or extra:
-            raise KeyError(f"checkpoint does not fit method {self.info.name!r}: "
-                           f"missing {missing}, unexpected {extra}")
-        targets = {**dict(self.named_parameters()), **self._norm_buffers()}
-        with torch.no_grad():
-            for key, value in state.items():
-                if tuple(targets[key].shape) != tuple(value.shape):
-                    raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}"
-                                     f", method expects {tuple(targets[key].shape)}")
-                targets[key].copy_(value)
-
     # -- released checkpoints --------------------------------------------------------------------
     @classmethod
     def convert_upstream_checkpoint(cls, obj: Any) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ TRAINING_FREE = ["clip", "clip_ac", "winclip", "anovl", "musc", "dual_image_clip
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return run_demo(tmp_path_factory.mktemp("demo"), build_site=True)
+    return run_demo(tmp_path_factory.mktemp("demo"), build_site=True, workers=2)
 
 
 def _pixel_auroc(outcome) -> float:

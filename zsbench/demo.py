@@ -68,26 +68,49 @@ def prepare_demo_data(out_dir: Path, size: int = 128, n_normal: int = 8, n_anoma
     return data_dir
 
 
+def _run_method(name: str, data_dir: Path, results_dir: Path, epochs: int, device: str,
+                progress: Callable[[str, int, int], None] | None = None,
+                threads: int | None = None) -> list[TargetOutcome]:
+    """One method of the demo through the runner (the data are tiny: decoding in line, no
+    loader workers). ``threads`` sets torch's threads (a worker process of a parallel demo)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    cls = METHODS.get(name)
+    protocol = "synthetic" if cls.info.trainable else "none->synthetic_b"
+    overrides = {**DEMO_BACKBONE, **DEMO_METHOD_OVERRIDES.get(name, {})}
+    options = RunOptions(data_dir=data_dir, output_dir=results_dir, device=device,
+                         batch_size=16, resolution=DEMO_RESOLUTION, skip_existing=True,
+                         save_maps=2, train_overrides={"epochs": epochs}, num_workers=0)
+    return run(name, protocol, overrides, options, progress=progress)
+
+
 def run_demo(out_dir: str | Path = "zsbench-demo", methods: Sequence[str] | None = None, *,
              epochs: int = 15, device: str = "cpu", build_site: bool = True,
-             progress: Callable[[str, int, int], None] | None = None) -> DemoOutcome:
-    """Run the demo; a method that fails is recorded in ``failures`` and the others go on."""
+             progress: Callable[[str, int, int], None] | None = None,
+             workers: int = 1) -> DemoOutcome:
+    """Run the demo; a method that fails is recorded in ``failures`` and the others go on.
+
+    ``workers`` > 1 runs that many methods at once, each in its own process with one torch
+    thread (the tiny backbone gains nothing from more); ``progress`` then counts methods."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     data_dir = prepare_demo_data(out_dir)
     outcome = DemoOutcome(out_dir=out_dir, results_dir=out_dir / "results")
-    for name in methods or [e.name for e in METHODS.entries() if e.source == "built-in"]:
-        cls = METHODS.get(name)
-        protocol = "synthetic" if cls.info.trainable else "none->synthetic_b"
-        overrides = {**DEMO_BACKBONE, **DEMO_METHOD_OVERRIDES.get(name, {})}
-        options = RunOptions(data_dir=data_dir, output_dir=outcome.results_dir, device=device,
-                             batch_size=16, resolution=DEMO_RESOLUTION, skip_existing=True,
-                             save_maps=2, train_overrides={"epochs": epochs})
-        try:
-            outcome.outcomes[name] = run(name, protocol, overrides, options, progress=progress)
-        except Exception as err:  # keep going: the demo reports every method's fate
-            logger.exception("demo: method %s failed", name)
-            outcome.failures[name] = f"{type(err).__name__}: {err}"
+    names = list(methods or [e.name for e in METHODS.entries() if e.source == "built-in"])
+    for name in names:
+        METHODS.get(name)  # an unknown name fails here, before any work
+    if workers > 1 and len(names) > 1 and device == "cpu":
+        _run_in_processes(names, data_dir, outcome, epochs, device, progress, workers)
+    else:
+        for name in names:
+            try:
+                outcome.outcomes[name] = _run_method(name, data_dir, outcome.results_dir,
+                                                     epochs, device, progress)
+            except Exception as err:  # keep going: the demo reports every method's fate
+                logger.exception("demo: method %s failed", name)
+                outcome.failures[name] = f"{type(err).__name__}: {err}"
     if build_site:
         try:
             from zsbench.leaderboard.build import build_site
@@ -97,3 +120,29 @@ def run_demo(out_dir: str | Path = "zsbench-demo", methods: Sequence[str] | None
             outcome.site = build_site(outcome.result_files, out_dir / "site")
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _run_in_processes(names: list[str], data_dir: Path, outcome: DemoOutcome, epochs: int,
+                      device: str, progress: Callable[[str, int, int], None] | None,
+                      workers: int) -> None:
+    """The methods in ``workers`` spawned processes, slowest-first (trainable methods), each
+    result recorded in ``outcome`` in the order of ``names``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    order = sorted(names, key=lambda n: not METHODS.get(n).info.trainable)
+    results: dict[str, list[TargetOutcome]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(names)), mp_context=context) as pool:
+        futures = {pool.submit(_run_method, name, data_dir, outcome.results_dir, epochs,
+                               device, None, 1): name for name in order}
+        for done, future in enumerate(as_completed(futures), start=1):
+            name = futures[future]
+            try:
+                results[name] = future.result()
+            except Exception as err:  # keep going: the demo reports every method's fate
+                logger.error("demo: method %s failed: %s", name, err)
+                outcome.failures[name] = f"{type(err).__name__}: {err}"
+            if progress is not None:
+                progress(f"demo: {name} done", done, len(names))
+    outcome.outcomes.update({name: results[name] for name in names if name in results})

@@ -255,13 +255,14 @@ class AnomalyMethod(nn.Module):
         return {k: v.detach().clone() for k, v in self.named_parameters() if id(v) in names}
 
     def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Load what :meth:`trainable_state_dict` returned; extra or missing keys are errors."""
+        """Load what :meth:`trainable_state_dict` returned (parameters, and buffers a method
+        adds to it, such as batch-norm statistics); extra or missing keys are errors."""
         own = self.trainable_state_dict()
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or extra:
             raise KeyError(f"checkpoint does not fit method {self.info.name!r}: "
                            f"missing {missing}, unexpected {extra}")
-        params = dict(self.named_parameters())
+        params = {**dict(self.named_buffers()), **dict(self.named_parameters())}
         with torch.no_grad():
             for k, v in state.items():
                 if params[k].shape != v.shape:

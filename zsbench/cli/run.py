@@ -398,18 +398,24 @@ def demo_cmd(
     threads: Annotated[int, typer.Option(
         "--threads", min=1, help="torch CPU threads (the tiny backbone runs fastest "
                                  "single-threaded).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Methods run at once, each in its own process (default: one "
+                                 "per CPU core, at most 8).")] = None,
 ) -> None:
     """Offline demo: synthetic datasets, a tiny random backbone, every method, the site."""
+    import os
+
     import torch
 
     from zsbench.demo import run_demo
 
     torch.set_num_threads(max(1, threads))
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
     console.print("[bold]zsbench demo[/]: two synthetic datasets in the MVTec layout, a tiny "
                   "backbone with [bold red]random weights[/]. The numbers below are a smoke "
                   "test of the pipeline, not measurements of the methods.")
     with ProgressBars() as bars:
-        outcome = run_demo(out, methods, epochs=epochs, progress=bars)
+        outcome = run_demo(out, methods, epochs=epochs, progress=bars, workers=workers)
     _report_demo(outcome)
     if outcome.failures:
         raise typer.Exit(1)
