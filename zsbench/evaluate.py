@@ -236,11 +236,12 @@ def _infer(method: AnomalyMethod, batches: Iterable[dict[str, Any]], indices: li
         if keep_maps:
             if anomaly_maps.shape[-1] != res or anomaly_maps.shape[-2] != res:
                 anomaly_maps = upsample(anomaly_maps.float(), res)
-            maps, masks = anomaly_maps.float().cpu().numpy(), batch["mask"].numpy() > 0
+            maps = anomaly_maps.float().cpu().numpy()
             if stream:
-                _stream_batch(out, batch, maps, masks, keep_images, pos)
-            else:
-                out.maps[pos:pos + b], out.masks[pos:pos + b] = maps, masks
+                _stream_batch(out, batch, maps, batch["mask"].numpy() > 0, keep_images, pos)
+            else:  # straight into the category's buffers, no temporaries
+                out.maps[pos:pos + b] = maps
+                np.greater(batch["mask"].numpy(), 0, out=out.masks[pos:pos + b])
         elif stream:
             out.accumulator.append(batch["label"].numpy(), out.scores[pos:pos + b])
         out.seconds += time.perf_counter() - t0
