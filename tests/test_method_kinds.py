@@ -169,6 +169,10 @@ def test_a_stochastic_result_records_its_samples_and_seed(synthetic_data_dir, tm
                                      "kinds": ["training-free", "stochastic"],
                                      "samples": 2, "seed": 7}
     assert result["identity"]["config"]["samples"] == 2
+    from zsbench.results import results_table
+
+    assert list(results_table([result]).index.get_level_values("kind")) == [
+        "training-free, stochastic"]
 
 
 def test_cli_lists_kinds_and_refuses_samples_for_a_deterministic_method():

@@ -95,5 +95,6 @@ def test_results_table_has_one_column_per_dataset_and_skips_na_in_the_mean():
     assert win["mean"] == pytest.approx(80.0)
     clip = table.xs("clip", level="method").iloc[0]
     assert math.isnan(clip["visa"]) and clip["mean"] == pytest.approx(60.0)
+    assert list(table.index.names) == ["method", "kind", "config", "protocol", "run"]
     with pytest.raises(ValueError, match="unknown metric"):
         results_table(results, "accuracy")

@@ -150,21 +150,26 @@ def load_results(dirs: Iterable[str | Path]) -> tuple[list[dict[str, Any]], list
 
 def results_table(results: Iterable[dict[str, Any]], metric: str = "image_auroc",
                   percent: bool = True) -> pd.DataFrame:
-    """One row per (method, config hash, protocol, run settings), one column per dataset,
-    macro means. ``run`` names the other settings (seed, resolution, precision, smoke limit: the
-    result's settings folder), so runs that differ never share a row."""
+    """One row per (method, kind, config hash, protocol, run settings), one column per
+    dataset, macro means. ``kind`` is the method's recorded kind (e.g. "training-free,
+    transductive"; "-" for results without one); ``run`` names the other settings (seed,
+    resolution, precision, smoke limit: the result's settings folder), so runs that differ never
+    share a row."""
     from zsbench.identity import settings_folder
 
     if metric not in METRIC_NAMES:
         raise ConfigError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
-    rows: dict[tuple[str, str, str, str], dict[str, float | None]] = {}
+    rows: dict[tuple[str, str, str, str, str], dict[str, float | None]] = {}
     for r in results:
         run = settings_folder(r["identity"]) if "identity" in r else "(no identity: schema 1.0)"
-        key = (r["method"], r["config_hash"], r["protocol"]["id"], run)
+        kinds = (r.get("method_kind") or {}).get("kinds")
+        key = (r["method"], ", ".join(kinds) if kinds else "-", r["config_hash"],
+               r["protocol"]["id"], run)
         value = r["metrics"]["mean"].get(metric)
         rows.setdefault(key, {})[r["dataset"]["name"]] = (
             None if value is None else (100 * value if percent else value))
-    index = pd.MultiIndex.from_tuples(list(rows), names=["method", "config", "protocol", "run"])
+    index = pd.MultiIndex.from_tuples(list(rows),
+                                      names=["method", "kind", "config", "protocol", "run"])
     frame = pd.DataFrame(list(rows.values()), index=index)
     frame = frame.reindex(sorted(frame.columns), axis=1)
     if len(frame.columns):

@@ -430,7 +430,7 @@ def _report_demo(outcome: Any) -> None:
     for metric in ("image_auroc", "pixel_auroc"):
         frame = results_table(results, metric).reset_index()
         print_table(f"{metric} (%) on synthetic_b", list(frame.columns),
-                    ([*(r[:4]), *(f"{v:.1f}" if v == v else None for v in r[4:])]
+                    ([*(r[:5]), *(f"{v:.1f}" if v == v else None for v in r[5:])]
                      for r in frame.itertuples(index=False)))
     for name, err in outcome.failures.items():
         console.print(f"[red]{name} failed:[/] {err}", highlight=False)
