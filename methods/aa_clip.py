@@ -221,6 +221,8 @@ class AAClip(AnomalyMethod):
     """Anomaly-aware text anchors (stage 1), then patch features aligned to them (stage 2)."""
 
     config_class = AAClipConfig
+    # train.py: 5 text epochs, then the image stage evaluated at its epoch 15 (results/test.log)
+    training_defaults = {"epochs": 20}
     presets = {
         # Mwxinnn/AA-CLIP commit 53db195, scripts.sh defaults, industrial domain
         "upstream": {

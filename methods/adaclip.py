@@ -41,7 +41,8 @@ Upstream quirks (flags, all set by the ``upstream`` preset): ``hsf_mean_of_top_c
 "upgraded" HSF of the released code), ``prompt_fp16_cast``, and the shared backbone options
 ``mlp_activation="gelu"`` (the model is built from a config without ``quick_gelu``: nn.GELU on
 OpenAI weights) and ``pos_embed_interpolation="bicubic"``. Upstream details outside a method:
-it trains with AdamW (weight decay 0.01) at batch size 1 for 5 epochs, under fp16 autocast.
+it trains with AdamW (weight decay 0.01; zsbench's trainer uses Adam) under fp16 autocast; its
+batch size 1 and 5 epochs are the ``training_defaults``.
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ class AdaCLIP(AnomalyMethod):
     """Hybrid static + dynamic prompts in both towers, projected multi-layer maps, HSF."""
 
     config_class = AdaCLIPConfig
+    # train.py: 5 epochs, batch size 1 (the per-group learning rates are config fields)
+    training_defaults = {"epochs": 5, "batch_size": 1}
     presets = {
         # caoyunkang/AdaCLIP (commit e27ee32) as released
         "upstream": {

@@ -241,6 +241,8 @@ class BayesPFL(AnomalyMethod):
     """Prompt bank + normalizing-flow prompt distributions + residual cross-modal attention."""
 
     config_class = BayesPFLConfig
+    # train.sh: 30 epochs, batch size 32 (learning rates are config fields)
+    training_defaults = {"epochs": 30, "batch_size": 32}
     presets = {
         # xiaozhen228/Bayes-PFL (commit 8f155a0): train.py / test.py / models as released
         "upstream": {

@@ -33,7 +33,8 @@ ECCV 2024 (arXiv 2407.12276); reference code ``xiaozhen228/VCP-CLIP`` (``train.p
   computed per category and is left out).
 - **Training** (``train.sh``, ``train.py``): the auxiliary dataset's test split, Adam betas
   (0.5, 0.999), lr 2e-5 when trained on MVTec AD (4e-5 on VisA), the two temperatures at lr 0.01,
-  batch 32, 10 epochs, seed 333. Not reproduced here (outside a method): fp16 autocast in training
+  batch 32, 10 epochs (``training_defaults``), seed 333 (zsbench: the protocol's seed). Not
+  reproduced here (outside a method): fp16 autocast in training
   and test (``precision=fp16`` on CUDA comes close), and the augmentation of
   ``utils/dataset.py`` (albumentations rotate / rot90 / brightness-contrast / noise / blur, and
   for MVTec AD a 2x2 mosaic of four anomalous images with probability 0.2).
@@ -212,6 +213,8 @@ class VCPCLIP(AnomalyMethod):
     """Image-conditioned text prompts before (Pre-VCP) and after (Post-VCP) the text encoder."""
 
     config_class = VCPCLIPConfig
+    # train.sh: 10 epochs, batch size 32 (learning rates are config fields)
+    training_defaults = {"epochs": 10, "batch_size": 32}
     presets = {
         # xiaozhen228/VCP-CLIP (commit 4dd96ec) as released
         "upstream": {

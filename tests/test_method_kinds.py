@@ -204,3 +204,27 @@ def test_a_transductive_result_records_each_categorys_reference_pool(synthetic_d
     pools = {c: v["reference_pool"] for c, v in result["counts"]["per_category"].items()}
     assert pools == {c: v["images"] for c, v in result["counts"]["per_category"].items()}
     assert set(pools.values()) == {6}
+
+
+def test_a_methods_paper_recipe_is_the_training_default_and_the_command_line_wins():
+    from zsbench.protocols import resolve_protocol
+    from zsbench.runner import RunOptions, _train_config
+
+    protocol = resolve_protocol("mvtec->visa", validate=False)
+    vcp = METHODS.get("vcp_clip")
+    assert dict(vcp.training_defaults) == {"epochs": 10, "batch_size": 32}
+    config = _train_config(RunOptions(device="cpu"), protocol, vcp)
+    assert (config.epochs, config.batch_size, config.lr) == (10, 32, 1e-3)
+    config = _train_config(RunOptions(device="cpu", train_overrides={"batch_size": 4}),
+                           protocol, vcp)
+    assert (config.epochs, config.batch_size) == (10, 4)
+    config = _train_config(RunOptions(device="cpu"), protocol, METHODS.get("anomalyclip"))
+    assert (config.epochs, config.batch_size) == (15, 8)
+
+    class BadRecipe(PoolMean):
+        training_defaults = {"epoch": 3}
+
+    from zsbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method 'test_pool_mean' training_defaults epoch"):
+        _train_config(RunOptions(device="cpu"), protocol, BadRecipe)

@@ -82,7 +82,10 @@ def _run_method(name: str, data_dir: Path, results_dir: Path, epochs: int, devic
     overrides = {**DEMO_BACKBONE, **DEMO_METHOD_OVERRIDES.get(name, {})}
     options = RunOptions(data_dir=data_dir, output_dir=results_dir, device=device,
                          batch_size=16, resolution=DEMO_RESOLUTION, skip_existing=True,
-                         save_maps=2, train_overrides={"epochs": epochs}, num_workers=0)
+                         save_maps=2, num_workers=0,
+                         # one recipe for every method: the paper recipes of some (30 epochs,
+                         # batch 32) would not fit the demo's minutes and 24 training images
+                         train_overrides={"epochs": epochs, "batch_size": 8, "lr": 1e-3})
     return run(name, protocol, overrides, options, progress=progress)
 
 

@@ -146,6 +146,10 @@ class AnomalyMethod(nn.Module):
     #: named sets of config values, e.g. ``{"upstream": {...}}``: every quirk flag set to what
     #: the upstream code does. ``make_config(..., preset=NAME)`` applies one before overrides.
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: the paper's training recipe where it differs from the trainer's defaults (15 epochs,
+    #: batch 8, Adam lr 1e-3: the AnomalyCLIP family), e.g. ``{"epochs": 10, "batch_size": 32}``;
+    #: ``--epochs``/``--train-batch-size``/``--lr`` override it; part of the training identity
+    training_defaults: ClassVar[Mapping[str, Any]] = {}
     #: the method computes gradients inside :meth:`predict` (test-time adaptation, e.g. AnoVL):
     #: the evaluator then runs it under ``torch.no_grad()`` instead of ``torch.inference_mode()``
     needs_grad_at_test: ClassVar[bool] = False
@@ -438,7 +442,8 @@ def describe_method(name: str) -> dict[str, Any]:
     info["kinds"], info["kind"] = list(cls.info.kinds), cls.info.kind
     info["source"] = entry.source
     presets = {name: dict(values) for name, values in cls.presets.items()}
-    return {"info": info, "options": options, "prompts": prompts, "presets": presets}
+    return {"info": info, "options": options, "prompts": prompts, "presets": presets,
+            "training_defaults": dict(cls.training_defaults)}
 
 
 def build_method(name: str, overrides: Mapping[str, Any] | MethodConfig | None = None,

@@ -169,16 +169,20 @@ def _check_prepared(protocol: Protocol, groups: dict[tuple[str, ...], list[str]]
     return sources
 
 
-def _train_config(options: RunOptions, protocol: Protocol) -> Any:
+def _train_config(options: RunOptions, protocol: Protocol, cls: type[AnomalyMethod]) -> Any:
+    """The trainer's settings: its defaults, then the method's paper recipe
+    (``training_defaults``), then the command line's overrides."""
     from zsbench.train import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(options.train_overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; options: "
-                          f"{', '.join(sorted(known))}")
+    for what, values in ((f"method {cls.info.name!r} training_defaults",
+                          cls.training_defaults), ("training option(s)", options.train_overrides)):
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {what} {', '.join(unknown)}; options: "
+                              f"{', '.join(sorted(known))}")
     return TrainConfig(device=options.device, seed=protocol.seed, num_workers=options.num_workers,
-                       **options.train_overrides)
+                       **{**cls.training_defaults, **options.train_overrides})
 
 
 def _training_plans(cls: type[AnomalyMethod], config: Any, protocol: Protocol,
@@ -217,7 +221,7 @@ def _training_plans(cls: type[AnomalyMethod], config: Any, protocol: Protocol,
                                "+".join(train_sets))
                 plan.trained_on, plan.trained_on_source = list(train_sets), "protocol"
         elif cls.info.trainable and train_sets:
-            train_config = _train_config(options, protocol)
+            train_config = _train_config(options, protocol, cls)
             values = dataclasses.asdict(train_config)
             values["precision"] = train_config.precision or config.precision
             plan.identity = train_identity(values, train_sets, protocol.train_split,
@@ -289,7 +293,7 @@ def _train(method: AnomalyMethod, plan: _Training, protocol: Protocol, options: 
     from zsbench.train import train_method
 
     datasets = [zdata.load(sources[d], split=protocol.train_split) for d in plan.train_sets]
-    outcome = train_method(method, datasets, _train_config(options, protocol),
+    outcome = train_method(method, datasets, _train_config(options, protocol, type(method)),
                            checkpoint_dir=_checkpoint_folder(method, plan, options),
                            resume=options.resume, progress=progress, training=plan.identity,
                            trained_on=plan.train_sets)

@@ -54,6 +54,12 @@ def info(name: str = typer.Argument(..., help="Method name, e.g. winclip."),
                 keep=["option"])
     if described["presets"]:
         console.print(_preset_table(described))
+    recipe = described.get("training_defaults") or {}
+    if described["info"]["trainable"]:
+        console.print("[bold]training[/]: " + (", ".join(f"{k} {v}" for k, v in recipe.items())
+                                               or "the trainer's defaults")
+                      + " (the rest: the trainer's; --epochs/--train-batch-size/--lr override)",
+                      highlight=False)
     for key, value in described["prompts"].items():
         console.print(f"[bold]{key}[/]:")
         if isinstance(value, (list, tuple)):

@@ -128,11 +128,12 @@ Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Tag, file 
 PretrainedAny = Annotated[str | None, typer.Option(
     "--pretrained", help="open_clip tag, local weights file, or 'none' for random weights.")]
 ImageSize = Annotated[int | None, typer.Option("--image-size", min=1, help="Model input size.")]
-Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (15).")]
+Epochs = Annotated[int | None, typer.Option(
+    "--epochs", min=1, help="Training epochs (15, or the method's paper recipe: methods info).")]
 LearningRate = Annotated[float | None, typer.Option("--lr", callback=_positive,
                                                     help="Learning rate (1e-3).")]
-TrainBatchSize = Annotated[int | None, typer.Option("--train-batch-size", min=1,
-                                                    help="Training batch size (8).")]
+TrainBatchSize = Annotated[int | None, typer.Option(
+    "--train-batch-size", min=1, help="Training batch size (8, or the method's paper recipe).")]
 Preset = Annotated[str | None, typer.Option("--preset", help=PRESET_HELP)]
 def _check_precision(value: str | None) -> str | None:
     if value is not None and value not in ("fp32", "bf16", "fp16"):
