@@ -45,3 +45,18 @@ class ColourDeviation(AnomalyMethod):
         median = images.flatten(2).median(dim=2).values[:, :, None, None]
         maps = (images - median).norm(dim=1)
         return Prediction(maps.flatten(1).amax(1), maps)
+
+
+class PoolMean(AnomalyMethod):
+    """Transductive test method: a pixel's score is its redness minus the mean redness of the
+    whole batch (its reference pool), so it depends on which images are scored together."""
+
+    info = MethodInfo(name="test_pool_mean", title="t", paper="p", trainable=False,
+                      transductive=True)
+    batch_sizes: list[int] = []
+
+    def _predict(self, images, class_names):
+        type(self).batch_sizes.append(images.shape[0])
+        redness = images[:, 0] - images[:, 1]
+        maps = redness - redness.mean(dim=0, keepdim=True)
+        return Prediction(maps.flatten(1).amax(1), maps)

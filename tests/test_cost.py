@@ -59,7 +59,7 @@ def test_a_pool_divides_latency_and_flops_by_its_size():
 
 
 def test_a_transductive_method_is_timed_on_pools(backbone):
-    from tests.test_method_kinds import PoolMean
+    from tests.method_fixtures import PoolMean
     from zsbench.method import MethodConfig
 
     PoolMean.batch_sizes = []

@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 from typer.testing import CliRunner
 
-from tests.method_fixtures import TINY, tiny_backbone
+from tests.method_fixtures import TINY, PoolMean, tiny_backbone
 from zsbench.cli import app
 from zsbench.evaluate import EvalSettings, evaluate_dataset
 from zsbench.method import (
@@ -39,21 +39,6 @@ def test_kinds_list_the_training_regime_then_the_flags_in_order():
     assert _info(transductive=True, few_shot=True).kind == "training-free, transductive, few-shot"
     assert set(_info(trainable=True, transductive=True, stochastic=True, few_shot=True).kinds) \
         == set(METHOD_KINDS) - {"training-free"}
-
-
-class PoolMean(AnomalyMethod):
-    """Transductive test method: a pixel's score is its redness minus the mean redness of the
-    whole batch (its reference pool), so it depends on which images are scored together."""
-
-    info = MethodInfo(name="test_pool_mean", title="t", paper="p", trainable=False,
-                      transductive=True)
-    batch_sizes: list[int] = []
-
-    def _predict(self, images, class_names):
-        type(self).batch_sizes.append(images.shape[0])
-        redness = images[:, 0] - images[:, 1]
-        maps = redness - redness.mean(dim=0, keepdim=True)
-        return Prediction(maps.flatten(1).amax(1), maps)
 
 
 @dataclasses.dataclass
