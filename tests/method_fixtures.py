@@ -9,8 +9,9 @@ import torch
 from datasets import Dataset
 
 from zsbench.backbone import Backbone, load_backbone
-from zsbench.method import AnomalyMethod, MethodInfo, Prediction
+from zsbench.method import AnomalyMethod, MethodInfo, Prediction, build_method
 from zsbench.preprocess import AnomalyImageDataset
+from zsbench.synthetic import synthetic_records
 
 SIZE = 56  # a 4x4 patch grid on zsbench-tiny (patch 14)
 TINY = {"backbone": "zsbench-tiny", "pretrained": None, "image_size": SIZE}
@@ -20,6 +21,24 @@ def tiny_backbone(size: int = SIZE) -> Backbone:
     """The random-weight ``zsbench-tiny`` backbone, the same weights every call (seed 0)."""
     torch.manual_seed(0)
     return load_backbone("zsbench-tiny", None, image_size=size)
+
+
+def seeded_method(name: str, config: dict[str, Any], backbone: Backbone, seed: int = 1
+                  ) -> AnomalyMethod:
+    """Method ``name`` built on ``backbone`` with torch's RNG seeded first (its own parameters
+    are then the same every call)."""
+    torch.manual_seed(seed)
+    return build_method(name, config, backbone=backbone)
+
+
+def normal_and_anomalous_batch(backbone: Backbone, category: str = "granite") -> dict[str, Any]:
+    """One normal and one anomalous synthetic_a image of ``category``, as the trainer sees
+    them (labels [0, 1])."""
+    wanted = (f"{category}/test/good/000.png", f"{category}/test/blob/000.png")
+    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
+               if r["source_path"] in wanted]
+    assert [r["label"] for r in records] == [0, 1]
+    return trainer_batch(records, backbone)
 
 
 def trainer_batch(records: Sequence[dict[str, Any]], backbone: Backbone, size: int = SIZE

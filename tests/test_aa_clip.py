@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from datasets import Dataset
 from scipy.ndimage import gaussian_filter
 
-from tests.method_fixtures import SIZE, TINY, trainer_batch
+from tests.method_fixtures import (
+    SIZE,
+    TINY,
+    normal_and_anomalous_batch,
+    seeded_method,
+)
 from zsbench.backbone import Backbone
 from zsbench.checkpoint_import import import_checkpoint
 from zsbench.checkpoints import read_checkpoint
@@ -23,8 +28,7 @@ from zsbench.train import TrainConfig, load_method_from_checkpoint, train_method
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> AAClip:
-    torch.manual_seed(seed)
-    return build_method("aa_clip", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("aa_clip", {**TINY, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +38,7 @@ def method(backbone: Backbone) -> AAClip:
 
 @pytest.fixture(scope="module")
 def batch(backbone: Backbone) -> dict[str, object]:
-    """One normal and one anomalous synthetic image, as the trainer sees them."""
-    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
-               if r["source_path"] in ("granite/test/good/000.png", "granite/test/blob/000.png")]
-    assert [r["label"] for r in records] == [0, 1]
-    return trainer_batch(records, backbone)
+    return normal_and_anomalous_batch(backbone)
 
 
 def test_registered_with_prompts_and_upstream_defaults() -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from scipy.ndimage import gaussian_filter
 
-from tests.method_fixtures import SIZE, trainer_batch
+from tests.method_fixtures import SIZE, normal_and_anomalous_batch, seeded_method
 from tests.method_fixtures import TINY as TINY_BACKBONE
 from zsbench.anomaly_maps import l2_normalize
 from zsbench.backbone import Backbone
@@ -31,8 +31,7 @@ TINY = {**TINY_BACKBONE, "prompt_ensemble": "minimal"}
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> AdaCLIP:
-    torch.manual_seed(seed)
-    return build_method("adaclip", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("adaclip", {**TINY, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +41,7 @@ def method(backbone: Backbone) -> AdaCLIP:
 
 @pytest.fixture(scope="module")
 def batch(backbone: Backbone) -> dict[str, object]:
-    """One normal and one anomalous synthetic image, as the trainer sees them."""
-    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
-               if r["source_path"] in ("granite/test/good/000.png", "granite/test/blob/000.png")]
-    assert [r["label"] for r in records] == [0, 1]
-    return trainer_batch(records, backbone)
+    return normal_and_anomalous_batch(backbone)
 
 
 def test_registered_with_paper_defaults_and_prompts() -> None:

@@ -13,7 +13,7 @@ from datasets import Dataset
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from tests.method_fixtures import SIZE, TINY, trainer_batch
+from tests.method_fixtures import SIZE, TINY, seeded_method, trainer_batch
 from zsbench.anomaly_maps import gaussian_smooth
 from zsbench.backbone import Backbone
 from zsbench.checkpoint_import import import_checkpoint
@@ -27,8 +27,7 @@ from zsbench.train import TrainConfig, train_method
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> AdaptCLIP:
-    torch.manual_seed(seed)
-    return build_method("adaptclip", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("adaptclip", {**TINY, **overrides}, backbone, seed)
 
 
 def randomize_norms(method: AdaptCLIP, seed: int = 2) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.method_fixtures import SIZE, TINY
+from tests.method_fixtures import SIZE, TINY, seeded_method
 from zsbench.backbone import Backbone
 from zsbench.checkpoint_import import import_checkpoint
 from zsbench.errors import ConfigError
@@ -29,8 +29,7 @@ NAMES = ["bottle", "bottle"]
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> BayesPFL:
-    torch.manual_seed(seed)
-    return build_method("bayes_pfl", {**FAST, **overrides}, backbone=backbone)
+    return seeded_method("bayes_pfl", {**FAST, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")

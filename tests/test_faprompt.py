@@ -8,10 +8,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.method_fixtures import SIZE, TINY, trainer_batch
+from tests.method_fixtures import (
+    SIZE,
+    TINY,
+    normal_and_anomalous_batch,
+    seeded_method,
+)
 from zsbench.anomaly_maps import l2_normalize
 from zsbench.backbone import Backbone
-from zsbench.method import build_method, describe_method
+from zsbench.method import describe_method
 from zsbench.methods.faprompt import (
     FAPrompt,
     orthogonality_loss,
@@ -22,8 +27,7 @@ from zsbench.train import TrainConfig, train_method
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> FAPrompt:
-    torch.manual_seed(seed)
-    return build_method("faprompt", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("faprompt", {**TINY, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +37,7 @@ def method(backbone: Backbone) -> FAPrompt:
 
 @pytest.fixture(scope="module")
 def batch(backbone: Backbone) -> dict[str, object]:
-    """One normal and one anomalous synthetic image of one category, as the trainer sees them."""
-    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
-               if r["source_path"] in ("stripes/test/good/000.png", "stripes/test/blob/000.png")]
-    assert [r["label"] for r in records] == [0, 1]
-    return trainer_batch(records, backbone)
+    return normal_and_anomalous_batch(backbone, "stripes")
 
 
 def test_registered_with_prompts() -> None:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tests.method_fixtures import SIZE, trainer_batch
+from tests.method_fixtures import SIZE, normal_and_anomalous_batch, seeded_method
 from tests.method_fixtures import TINY as TINY_BACKBONE
 from zsbench.anomaly_maps import patch_probability_map
 from zsbench.backbone import Backbone
-from zsbench.method import build_method, describe_method
+from zsbench.method import describe_method
 from zsbench.methods.tps import TPS, Pathway
 from zsbench.prompt_scoring import pixel_anomaly_map
 from zsbench.synthetic import synthetic_records
@@ -20,8 +20,7 @@ TINY = {**TINY_BACKBONE, "pathway_heads": 4}
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> TPS:
-    torch.manual_seed(seed)
-    return build_method("tps", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("tps", {**TINY, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +30,7 @@ def method(backbone: Backbone) -> TPS:
 
 @pytest.fixture(scope="module")
 def batch(backbone: Backbone) -> dict[str, object]:
-    """One normal and one anomalous synthetic image, as the trainer sees them."""
-    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
-               if r["source_path"] in ("granite/test/good/000.png", "granite/test/blob/000.png")]
-    assert [r["label"] for r in records] == [0, 1]
-    return trainer_batch(records, backbone)
+    return normal_and_anomalous_batch(backbone)
 
 
 def test_registered_with_prompts() -> None:

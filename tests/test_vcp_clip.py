@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from tests.method_fixtures import SIZE, TINY, trainer_batch
+from tests.method_fixtures import (
+    SIZE,
+    TINY,
+    normal_and_anomalous_batch,
+    seeded_method,
+)
 from zsbench.anomaly_maps import gaussian_smooth
 from zsbench.backbone import Backbone
 from zsbench.checkpoint_import import import_checkpoint
@@ -25,8 +30,7 @@ from zsbench.train import TrainConfig, load_method_from_checkpoint, train_method
 
 
 def make(backbone: Backbone, seed: int = 1, **overrides: object) -> VCPCLIP:
-    torch.manual_seed(seed)
-    return build_method("vcp_clip", {**TINY, **overrides}, backbone=backbone)
+    return seeded_method("vcp_clip", {**TINY, **overrides}, backbone, seed)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +40,7 @@ def method(backbone: Backbone) -> VCPCLIP:
 
 @pytest.fixture(scope="module")
 def batch(backbone: Backbone) -> dict[str, object]:
-    records = [r for r in synthetic_records("synthetic_a", size=64, n_normal=2, n_anomalous=2)
-               if r["source_path"] in ("stripes/test/good/000.png", "stripes/test/blob/000.png")]
-    assert [r["label"] for r in records] == [0, 1]
-    return trainer_batch(records, backbone)
+    return normal_and_anomalous_batch(backbone, "stripes")
 
 
 def test_registered_with_prompts_and_defaults() -> None:
