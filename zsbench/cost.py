@@ -40,13 +40,11 @@ def flops_per_image(forward: Callable[[Tensor], Any], image: Tensor) -> int:
     """FLOPs of ``forward`` on a batch of one ``image`` ``[1, ...]`` (FlopCounterMode)."""
     if image.shape[0] != 1:
         raise ValueError(f"flops_per_image needs a batch of one image; got {list(image.shape)}")
-    counter = FlopCounterMode(display=False)
-    with counter:
-        forward(image)
-    return int(counter.get_total_flops())
+    return _flops(forward, image)
 
 
-def _pool_flops(forward: Callable[[Tensor], Any], images: Tensor) -> int:
+def _flops(forward: Callable[[Tensor], Any], images: Tensor) -> int:
+    """FLOPs of one call of ``forward`` on ``images`` (FlopCounterMode)."""
     counter = FlopCounterMode(display=False)
     with counter:
         forward(images)
@@ -137,8 +135,7 @@ def measure_cost(forward: Callable[[Tensor], Any], image_shape: Sequence[int],
         "repeats": repeats,
         "peak_memory_bytes": peak,
         "peak_memory_kind": memory_kind,
-        "flops_per_image": (flops_per_image(forward, one) if pool == 1
-                            else _pool_flops(forward, one) // pool),
+        "flops_per_image": _flops(forward, one) // pool,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "device": str(device) if device.type != "cpu" else f"cpu ({cpu_name})",

@@ -52,7 +52,7 @@ class BlockHooks:
         if self.replace is None:
             return None
         out = self.replace(layer, block, hidden, attn_mask)
-        return None if out is None else _apply(lambda _, __: out, layer, hidden)
+        return None if out is None else _checked(out, layer, hidden)
 
     def run_after(self, layer: int, hidden: Tensor) -> Tensor:
         return _apply(self.after, layer, hidden)
@@ -96,8 +96,11 @@ def _apply(function: HookFunction | None, layer: int, hidden: Tensor) -> Tensor:
     if function is None:
         return hidden
     out = function(layer, hidden)
-    if out is None:
-        return hidden
+    return hidden if out is None else _checked(out, layer, hidden)
+
+
+def _checked(out: Tensor, layer: int, hidden: Tensor) -> Tensor:
+    """A hook's hidden states ``out``, which must keep the batch and width of ``hidden``."""
     if out.ndim != 3 or out.shape[0] != hidden.shape[0] or out.shape[2] != hidden.shape[2]:
         raise ValueError(f"a block hook at layer {layer} returned hidden states of shape "
                          f"{tuple(out.shape)}; expected [{hidden.shape[0]}, T, "

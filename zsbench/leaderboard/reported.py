@@ -19,7 +19,7 @@ from pathlib import Path
 
 from zsbench import atomic
 from zsbench.errors import DataError
-from zsbench.leaderboard.catalog import dataset_by_id, dataset_entries, dataset_id
+from zsbench.leaderboard.catalog import METRIC_IDS, dataset_by_id, dataset_entries, dataset_id
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +233,6 @@ def _curated_rows(path: Path) -> list[ReportedValue]:
     (dataset and metric as zsbench ids; ``trained_on`` empty for training-free methods,
     ``a+b`` for several auxiliary sets; the protocol is ``trained_on->dataset`` or
     ``zero-shot``)."""
-    from zsbench.leaderboard.catalog import METRIC_IDS
-
     values = []
     for line, row in _read_csv(path, ("source_id", "table", "method", "dataset", "metric",
                                       "value", "trained_on")):
